@@ -1,0 +1,4 @@
+export * from './pidfile';
+export * from './daemonize';
+export * from './signals';
+export * from './role';

@@ -1,0 +1,100 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import * as t from 'typanion';
+
+import {SnapshotError, errnoCode} from '../errors';
+import {REJECT_REASONS} from '../heartbeat';
+import {isName, isPid, isPort} from '../heartbeat/schema';
+
+export const DEFAULT_STATE_DIR = '/run/ebsmon';
+export const SNAPSHOT_FILE = 'state.json';
+export const METRICS_FILE = 'metrics.prom';
+export const SNAPSHOT_VERSION = 1;
+/** The monitor writes at least once a second; older than this, it is not alive. */
+export const PULSE_FRESH_SECONDS = 3;
+
+export const REPORTER_STATES = ['healthy', 'fenced', 'overridden'] as const;
+export const isReporterState = t.isEnum(REPORTER_STATES);
+export type ReporterState = t.InferType<typeof isReporterState>;
+
+const isCount = t.cascade(t.isNumber(), [t.isInteger(), t.isAtLeast(0)]);
+const isEpochMs = t.cascade(t.isNumber(), [t.isAtLeast(0)]);
+
+export const isReporterSnapshot = t.isObject({
+  name: isName,
+  pid: isPid,
+  ports: t.isArray(isPort),
+  state: isReporterState,
+  lastHeartbeatAt: t.isNullable(isEpochMs),
+  fencedSince: t.isNullable(isEpochMs),
+  overriddenAt: t.isNullable(isEpochMs),
+  overriddenBy: t.isNullable(t.isString()),
+  fenceCount: isCount,
+  flapCount: isCount,
+  heartbeats: isCount,
+  lastProbeMs: t.isNullable(t.isNumber()),
+  interval: t.isNullable(t.isNumber()),
+  probeTimeout: t.isNullable(t.isNumber()),
+  reason: t.isString(),
+});
+
+export const isSnapshot = t.isObject({
+  v: t.isLiteral(SNAPSHOT_VERSION),
+  monitor: t.isObject({
+    pid: isPid,
+    startedAt: isEpochMs,
+    writtenAt: isEpochMs,
+    timeout: t.isNumber(),
+    recover: isCount,
+    protectPorts: t.isArray(isPort),
+    heartbeats: isCount,
+    linesRejected: t.isRecord(isCount),
+    firewallOk: t.isBoolean(),
+  }),
+  reporters: t.isArray(isReporterSnapshot),
+});
+
+export type ReporterSnapshot = t.InferType<typeof isReporterSnapshot>;
+export type Snapshot = t.InferType<typeof isSnapshot>;
+
+export function emptyRejections(): Record<string, number> {
+  return Object.fromEntries(REJECT_REASONS.map(reason => [reason, 0]));
+}
+
+/** tmp + rename: a reader sees the old file or the new one, never half of one. */
+export function writeAtomic(file: string, content: string, mode = 0o644): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  fs.writeFileSync(tmp, content, {mode});
+  fs.renameSync(tmp, file);
+}
+
+export function snapshotPath(stateDir: string): string {
+  return path.join(stateDir, SNAPSHOT_FILE);
+}
+
+export function writeSnapshot(stateDir: string, snapshot: Snapshot): void {
+  writeAtomic(snapshotPath(stateDir), `${JSON.stringify(snapshot, null, 1)}\n`);
+}
+
+/** null when there is no snapshot; SnapshotError when there is one that cannot be trusted. */
+export function readSnapshot(stateDir: string): Snapshot | null {
+  const file = snapshotPath(stateDir);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    if (errnoCode(error) === 'ENOENT')
+      return null;
+    throw new SnapshotError(`cannot read ${file}: ${String((error as Error).message)}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new SnapshotError(`${file} is not valid JSON (corrupt, or not written by ebsmon)`);
+  }
+  const errors: Array<string> = [];
+  if (!isSnapshot(value, {errors}))
+    throw new SnapshotError(`${file} is not an ebsmon snapshot: ${errors.slice(0, 3).join('; ')}`);
+  return value;
+}

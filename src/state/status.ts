@@ -1,0 +1,94 @@
+import {PULSE_FRESH_SECONDS} from './snapshot';
+import type {ReporterSnapshot, Snapshot} from './snapshot';
+
+export type StatusView = {
+  monitor: Snapshot['monitor'] & {alive: boolean, pulseAgeSeconds: number};
+  reporters: Array<ReporterSnapshot & {lastHeartbeatAgeSeconds: number | null, fencedForSeconds: number | null}>;
+};
+
+const round1 = (n: number) => Math.round(n * 10) / 10;
+
+export function statusView(snapshot: Snapshot, now: number): StatusView {
+  const pulseAgeSeconds = round1(Math.max(0, now - snapshot.monitor.writtenAt) / 1000);
+  return {
+    monitor: {...snapshot.monitor, alive: pulseAgeSeconds < PULSE_FRESH_SECONDS, pulseAgeSeconds},
+    reporters: snapshot.reporters.map(r => ({
+      ...r,
+      lastHeartbeatAgeSeconds: r.lastHeartbeatAt === null ? null : round1(Math.max(0, now - r.lastHeartbeatAt) / 1000),
+      fencedForSeconds: r.fencedSince === null ? null : round1(Math.max(0, now - r.fencedSince) / 1000),
+    })),
+  };
+}
+
+export function formatAge(seconds: number | null): string {
+  if (seconds === null)
+    return 'never';
+  if (seconds < 60)
+    return `${seconds.toFixed(1)}s ago`;
+  if (seconds < 3600)
+    return `${Math.floor(seconds / 60)}m${Math.floor(seconds % 60)}s ago`;
+  return `${Math.floor(seconds / 3600)}h${Math.floor((seconds % 3600) / 60)}m ago`;
+}
+
+export type Colors = {red: (s: string) => string, green: (s: string) => string, yellow: (s: string) => string, bold: (s: string) => string};
+const plain = (s: string) => s;
+export const NO_COLORS: Colors = {red: plain, green: plain, yellow: plain, bold: plain};
+export const ANSI_COLORS: Colors = {
+  red: s => `\x1b[31m${s}\x1b[0m`,
+  green: s => `\x1b[32m${s}\x1b[0m`,
+  yellow: s => `\x1b[33m${s}\x1b[0m`,
+  bold: s => `\x1b[1m${s}\x1b[0m`,
+};
+
+function headline(view: StatusView): string {
+  const m = view.monitor;
+  const count = `${view.reporters.length} reporter${view.reporters.length === 1 ? '' : 's'}`;
+  return m.alive
+    ? `monitor alive: pid ${m.pid}, pulse ${m.pulseAgeSeconds.toFixed(1)}s ago, ${count}`
+    : `monitor NOT RUNNING: last pulse ${formatAge(m.pulseAgeSeconds)} (pid ${m.pid}), ${count}; fences are not being kept`;
+}
+
+export function renderTable(view: StatusView, colors: Colors = NO_COLORS): string {
+  const lines = [view.monitor.alive ? headline(view) : colors.red(headline(view))];
+  if (!view.monitor.firewallOk)
+    lines.push(colors.red('the monitor\'s last firewall update failed; see its log'));
+  if (view.reporters.length === 0)
+    return `${lines.join('\n')}\nno reporters yet\n`;
+
+  const header = ['REPORTER', 'STATE', 'PORTS', 'LAST HEARTBEAT', 'FENCED SINCE', 'FENCES'];
+  const rows = view.reporters.map(r => [
+    r.name,
+    r.state,
+    r.ports.join(',') || '-',
+    formatAge(r.lastHeartbeatAgeSeconds),
+    r.fencedSince === null ? '-' : `${new Date(r.fencedSince).toISOString()} (${formatAge(r.fencedForSeconds)})`,
+    String(r.fenceCount),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map(row => row[i]!.length)));
+  const pad = (cells: Array<string>) => cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ');
+  const paint = (state: string, text: string) => (state === 'fenced' ? colors.red(text) : state === 'overridden' ? colors.yellow(text) : colors.green(text));
+  lines.push(colors.bold(pad(header)));
+  for (const row of rows) {
+    const state = row[1]!;
+    const text = pad(row);
+    lines.push(text.replace(state.padEnd(widths[1]!), paint(state, state.padEnd(widths[1]!))));
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export const NAGIOS = {ok: 0, warning: 1, critical: 2, unknown: 3} as const;
+
+export function renderNagios(view: StatusView): {line: string, code: number} {
+  const fenced = view.reporters.filter(r => r.state === 'fenced');
+  const overridden = view.reporters.filter(r => r.state === 'overridden');
+  const pulse = view.monitor.pulseAgeSeconds.toFixed(1);
+  const perf = `| reporters=${view.reporters.length} fenced=${fenced.length} overridden=${overridden.length} pulse_age=${pulse}s;;${PULSE_FRESH_SECONDS}`;
+  const names = (list: Array<{name: string}>) => list.map(r => r.name).join(', ');
+  if (!view.monitor.alive)
+    return {line: `CRITICAL: monitor not running, last pulse ${pulse}s ago (pid ${view.monitor.pid}) ${perf}`, code: NAGIOS.critical};
+  if (fenced.length > 0)
+    return {line: `CRITICAL: ${fenced.length} of ${view.reporters.length} reporters fenced (${names(fenced)}), monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.critical};
+  if (overridden.length > 0)
+    return {line: `WARNING: ${overridden.length} reporter${overridden.length === 1 ? '' : 's'} overridden (${names(overridden)}), monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.warning};
+  return {line: `OK: ${view.reporters.length} reporter${view.reporters.length === 1 ? '' : 's'} healthy, monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.ok};
+}
