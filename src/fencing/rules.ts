@@ -166,7 +166,7 @@ export function killSocketsArgv(ports: ReadonlyArray<number>, localAddresses: Re
     sport.push('sport', '=', `:${port}`);
   });
   sport.push(')');
-  const exclude: Array<string> = ['and', 'not', 'dst', '127.0.0.0/8', 'and', 'not', 'dst', '[::ffff:127.0.0.0]/104'];
+  const exclude: Array<string> = ['and', 'not', 'dst', '127.0.0.0/8', 'and', 'not', 'dst', '::ffff:127.0.0.0/104'];
   for (const address of localAddresses) {
     const isV6 = address.includes(':');
     exclude.push('and', 'not', 'dst', isV6 ? `[${address}]` : address);

@@ -1,0 +1,49 @@
+# The README's two commands: `make demo` and `make test`. Both install what
+# they need on a fresh Debian machine (as root): system tools, then npm ci.
+SHELL := /bin/bash
+NODE_TEST := node --import tsx --test --test-reporter=spec
+SYSTEM_TOOLS := iptables iproute2 util-linux e2fsprogs coreutils procps systemd
+UNIT := $(wildcard test/unit/*.test.ts)
+COMMANDS := $(wildcard test/commands/*.test.ts)
+E2E := $(wildcard test/e2e/*.test.ts)
+
+.PHONY: all build deps system-deps typecheck lint test test-unit test-e2e bench demo clean
+
+all: build
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+deps: node_modules/.package-lock.json
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+build: deps
+	node esbuild.config.mjs
+
+typecheck: deps
+	npx tsc --noEmit
+
+lint: deps
+	node test/helpers/lint.mjs
+
+test: system-deps build typecheck lint
+	$(NODE_TEST) --test-concurrency=1 $(UNIT) $(COMMANDS) $(E2E)
+
+test-unit: build
+	$(NODE_TEST) $(UNIT) $(COMMANDS)
+
+bench: system-deps build
+	node --import tsx bench/run.ts
+
+demo: system-deps build
+	bash test/demo.sh
+
+clean:
+	rm -rf dist *.tgz bench/results.json

@@ -1,0 +1,86 @@
+import {spawn} from 'node:child_process';
+import type {ChildProcess} from 'node:child_process';
+import path from 'node:path';
+
+import {EBSMON, ROOT, inNs} from './rig';
+
+/** A process the test started, with its stderr kept for assertions. */
+export class Proc {
+  stderr = '';
+  stdout = '';
+  exitCode: number | null = null;
+  exitSignal: NodeJS.Signals | null = null;
+  readonly exited: Promise<void>;
+
+  constructor(readonly child: ChildProcess) {
+    child.stderr?.on('data', (chunk: Buffer) => {
+      this.stderr += chunk.toString('utf8');
+    });
+    child.stdout?.on('data', (chunk: Buffer) => {
+      this.stdout += chunk.toString('utf8');
+    });
+    this.exited = new Promise(resolve => {
+      child.on('exit', (code, signal) => {
+        this.exitCode = code;
+        this.exitSignal = signal;
+        resolve();
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get running(): boolean {
+    return this.exitCode === null && this.exitSignal === null;
+  }
+
+  /** JSON log lines written so far. */
+  logs(): Array<Record<string, unknown>> {
+    return this.stderr.split('\n').filter(line => line.startsWith('{')).map(line => {
+      try {
+        return JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return {};
+      }
+    });
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGTERM'): void {
+    if (this.running)
+      this.child.kill(signal);
+  }
+
+  async stop(): Promise<void> {
+    this.kill('SIGTERM');
+    await Promise.race([this.exited, new Promise(resolve => setTimeout(resolve, 5000))]);
+    this.kill('SIGKILL');
+  }
+}
+
+/** A scrubbed environment: what a service manager would give ebsmon. */
+export function scrubbedEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return {PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', ...extra};
+}
+
+export function ebsmon(args: Array<string>, {ns, env}: {ns?: string, env?: NodeJS.ProcessEnv} = {}): Proc {
+  const argv = [process.execPath, EBSMON, ...args];
+  const full = ns === undefined ? argv : inNs(ns, argv);
+  return new Proc(spawn(full[0]!, full.slice(1), {stdio: ['ignore', 'pipe', 'pipe'], env: env ?? scrubbedEnv()}));
+}
+
+export async function ebsmonOnce(args: Array<string>, opts: {ns?: string, env?: NodeJS.ProcessEnv} = {}): Promise<{code: number | null, stdout: string, stderr: string}> {
+  const proc = ebsmon(args, opts);
+  await proc.exited;
+  return {code: proc.exitCode, stdout: proc.stdout, stderr: proc.stderr};
+}
+
+export const HELPER = (name: string) => path.join(ROOT, 'test', 'helpers', name);
+
+/** Runs the TCP client helper in a namespace; returns what it saw. */
+export async function tcpTry(ns: string, host: string, port: number, mode: 'connect' | 'hold' = 'connect'): Promise<string> {
+  const proc = new Proc(spawn('ip', ['netns', 'exec', ns, process.execPath, HELPER('client.mjs'), host, String(port), mode], {stdio: ['ignore', 'pipe', 'pipe']}));
+  await proc.exited;
+  return proc.stdout.trim();
+}

@@ -1,0 +1,165 @@
+import {spawn, spawnSync} from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type {TestContext} from 'node:test';
+
+export const isRoot = process.getuid?.() === 0;
+export const inCI = (process.env.CI ?? '') !== '';
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const EBSMON = path.join(ROOT, 'dist', 'ebsmon');
+
+/** Root-only tests skip on a laptop, never in CI. */
+export function requireRoot(t: TestContext): boolean {
+  if (isRoot)
+    return true;
+  if (inCI)
+    throw new Error('CI must run as root: this test needs namespaces, loop devices and iptables');
+  t.skip('needs root');
+  return false;
+}
+
+export function sh(argv: Array<string>, {input, allowFail = false}: {input?: string, allowFail?: boolean} = {}): string {
+  const [file, ...args] = argv;
+  const result = spawnSync(file!, args, {encoding: 'utf8', input, timeout: 60_000});
+  if (!allowFail && result.status !== 0)
+    throw new Error(`${argv.join(' ')} failed (${result.status ?? result.signal}): ${result.stderr}${result.error?.message ?? ''}`);
+  return result.stdout ?? '';
+}
+
+/** Polls a condition; the deadline is a safety net, not a measured threshold. */
+export async function waitFor<T>(what: string, probe: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs = 30_000, everyMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined && value !== null && value !== false)
+      return value;
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}`);
+    await new Promise(resolve => setTimeout(resolve, everyMs));
+  }
+}
+
+/**
+ * Undo steps, run in reverse by dispose() or, if this test process dies, by a
+ * detached watchdog that thaws and tears down (a frozen mount left behind
+ * hangs the next run and CI).
+ */
+export class Teardown {
+  private readonly steps: Array<Array<string>> = [];
+  private readonly script: string;
+  private watchdog: number | undefined;
+
+  constructor(readonly dir: string) {
+    this.script = path.join(dir, 'teardown.sh');
+    this.write();
+    const child = spawn('bash', ['-c', `while kill -0 ${process.pid} 2>/dev/null; do sleep 0.5; done; bash "${this.script}"`], {detached: true, stdio: 'ignore'});
+    child.unref();
+    this.watchdog = child.pid;
+  }
+
+  add(argv: Array<string>): void {
+    this.steps.push(argv);
+    this.write();
+  }
+
+  private write(): void {
+    const lines = ['#!/bin/bash', ...[...this.steps].reverse().map(argv => `${argv.map(a => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')} >/dev/null 2>&1`)];
+    fs.writeFileSync(this.script, `${lines.join('\n')}\n`);
+  }
+
+  dispose(): void {
+    if (this.watchdog !== undefined) {
+      try {
+        process.kill(this.watchdog, 'SIGKILL');
+      } catch {}
+      this.watchdog = undefined;
+    }
+    for (const argv of [...this.steps].reverse())
+      sh(argv, {allowFail: true});
+    this.steps.length = 0;
+    this.write();
+  }
+}
+
+/** A loop-mounted ext4 image this test made: the only kind of mount a test may freeze. */
+export class LoopVolume {
+  frozen = false;
+
+  private constructor(readonly image: string, readonly device: string, readonly mountpoint: string) {
+  }
+
+  static create(dir: string, teardown: Teardown, sizeMb = 64): LoopVolume {
+    const image = path.join(dir, 'volume.img');
+    const mountpoint = path.join(dir, 'mnt');
+    fs.mkdirSync(mountpoint, {recursive: true});
+    sh(['truncate', '-s', `${sizeMb}M`, image]);
+    sh(['mkfs.ext4', '-q', '-F', image]);
+    const device = sh(['losetup', '-f', '--show', image]).trim();
+    teardown.add(['losetup', '-d', device]);
+    sh(['mount', device, mountpoint]);
+    teardown.add(['umount', '-l', mountpoint]);
+    // Registered last so it runs first: a frozen mount cannot be unmounted.
+    teardown.add(['fsfreeze', '-u', mountpoint]);
+    return new LoopVolume(image, device, mountpoint);
+  }
+
+  freeze(): void {
+    sh(['fsfreeze', '-f', this.mountpoint]);
+    this.frozen = true;
+  }
+
+  thaw(): void {
+    if (this.frozen)
+      sh(['fsfreeze', '-u', this.mountpoint], {allowFail: true});
+    this.frozen = false;
+  }
+
+  remount(mode: 'ro' | 'rw'): void {
+    sh(['mount', '-o', `remount,${mode}`, this.mountpoint]);
+  }
+}
+
+export type NetRig = {
+  srv: string;
+  cli: string;
+  srvV4: string;
+  srvV6: string;
+  cliV4: string;
+};
+
+let rigCounter = 0;
+
+/** Two namespaces joined by a veth pair, IPv4 and IPv6; firewall changes stay inside them. */
+export function createNetRig(teardown: Teardown): NetRig {
+  rigCounter += 1;
+  const tag = `${process.pid}-${rigCounter}`;
+  const rig: NetRig = {srv: `ebsmon-srv-${tag}`, cli: `ebsmon-cli-${tag}`, srvV4: '10.213.0.1', srvV6: 'fd00:e65::1', cliV4: '10.213.0.2'};
+  for (const ns of [rig.srv, rig.cli]) {
+    sh(['ip', 'netns', 'add', ns]);
+    teardown.add(['ip', 'netns', 'del', ns]);
+    sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+  }
+  const vs = `vs${rigCounter}x${process.pid % 10000}`;
+  const vc = `vc${rigCounter}x${process.pid % 10000}`;
+  sh(['ip', 'link', 'add', vs, 'netns', rig.srv, 'type', 'veth', 'peer', 'name', vc, 'netns', rig.cli]);
+  sh(['ip', '-n', rig.srv, 'addr', 'add', `${rig.srvV4}/24`, 'dev', vs]);
+  sh(['ip', '-n', rig.cli, 'addr', 'add', `${rig.cliV4}/24`, 'dev', vc]);
+  sh(['ip', '-n', rig.srv, 'addr', 'add', `${rig.srvV6}/64`, 'dev', vs, 'nodad']);
+  sh(['ip', '-n', rig.cli, 'addr', 'add', 'fd00:e65::2/64', 'dev', vc, 'nodad']);
+  sh(['ip', '-n', rig.srv, 'link', 'set', vs, 'up']);
+  sh(['ip', '-n', rig.cli, 'link', 'set', vc, 'up']);
+  return rig;
+}
+
+export function inNs(ns: string, argv: Array<string>): Array<string> {
+  return ['ip', 'netns', 'exec', ns, ...argv];
+}
+
+/** iptables-save of both families minus ebsmon's lines, comments and counters. */
+export function foreignRules(ns: string): string {
+  const strip = (text: string) => text.split('\n')
+    .filter(line => !line.startsWith('#') && !/EBSMON|ebsmon:/.test(line))
+    .map(line => line.replace(/\[\d+:\d+\]/g, '[0:0]'))
+    .join('\n');
+  return `${strip(sh(inNs(ns, ['iptables-save'])))}\n---\n${strip(sh(inNs(ns, ['ip6tables-save'])))}`;
+}

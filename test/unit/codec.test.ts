@@ -1,0 +1,149 @@
+import assert from 'node:assert/strict';
+import {describe, it} from 'node:test';
+
+import {LineDecoder, MAX_LINE_BYTES, MessageTooLargeError, decodeLine, encodeMessage} from '../../src/heartbeat';
+import type {Heartbeat, Message, RejectReason} from '../../src/heartbeat';
+
+const heartbeat: Heartbeat = {v: 1, kind: 'heartbeat', name: 'mysql', pid: 4242, ports: [3306], interval: 1, probeTimeout: 3, seq: 17, sentAt: 1763700000000, probeMs: 2.4};
+
+function collect() {
+  const messages: Array<Message> = [];
+  const rejected: Array<RejectReason> = [];
+  const decoder = new LineDecoder({onMessage: m => messages.push(m), onReject: r => rejected.push(r.reason)});
+  return {decoder, messages, rejected};
+}
+
+describe('encodeMessage / decodeLine', () => {
+  const roundTrips: Array<Message> = [
+    heartbeat,
+    {...heartbeat, ports: [80, 443], name: 'www.example_1-2'},
+    {v: 1, kind: 'goodbye', name: 'mysql', pid: 4242},
+    {v: 1, kind: 'unblock', name: 'mysql', pid: 5151, user: 'root'},
+    {v: 1, kind: 'unblock', all: true, pid: 5151, user: 'root'},
+  ];
+  for (const message of roundTrips) {
+    it(`round-trips a ${message.kind} ${JSON.stringify(message).slice(0, 60)}`, () => {
+      const line = encodeMessage(message);
+      assert.equal(line.at(-1), 0x0a);
+      const decoded = decodeLine(line.subarray(0, -1));
+      assert.deepEqual(decoded, {ok: true, message});
+    });
+  }
+
+  it('refuses to encode a message larger than PIPE_BUF', () => {
+    assert.throws(() => encodeMessage({v: 1, kind: 'unblock', name: 'x', pid: 1, user: 'u'.repeat(5000)}), MessageTooLargeError);
+  });
+
+  const rejections: Array<[string, string, RejectReason]> = [
+    ['not JSON', '{"v":1,', 'malformed'],
+    ['a JSON array', '[1,2]', 'malformed'],
+    ['a JSON string', '"hello"', 'malformed'],
+    ['null', 'null', 'malformed'],
+    ['unknown version', JSON.stringify({...heartbeat, v: 2}), 'version'],
+    ['no version', JSON.stringify({...heartbeat, v: undefined}), 'version'],
+    ['unknown kind', JSON.stringify({...heartbeat, kind: 'reboot'}), 'kind'],
+    ['kind of the prototype', JSON.stringify({...heartbeat, kind: 'toString'}), 'kind'],
+    ['a name with a shell command', JSON.stringify({...heartbeat, name: '"; touch /tmp/x; "'}), 'name'],
+    ['a name with $(id)', JSON.stringify({...heartbeat, name: '$(id)'}), 'name'],
+    ['an empty name', JSON.stringify({...heartbeat, name: ''}), 'name'],
+    ['a 65-character name', JSON.stringify({...heartbeat, name: 'a'.repeat(65)}), 'name'],
+    ['port 0', JSON.stringify({...heartbeat, ports: [0]}), 'ports'],
+    ['port 65536', JSON.stringify({...heartbeat, ports: [65536]}), 'ports'],
+    ['a fractional port', JSON.stringify({...heartbeat, ports: [80.5]}), 'ports'],
+    ['a port as a string', JSON.stringify({...heartbeat, ports: ['80']}), 'ports'],
+    ['65 ports', JSON.stringify({...heartbeat, ports: Array.from({length: 65}, (_, i) => i + 1)}), 'ports'],
+    ['no ports', JSON.stringify({...heartbeat, ports: []}), 'ports'],
+    ['a missing pid', JSON.stringify({...heartbeat, pid: undefined}), 'invalid'],
+    ['an extra field', JSON.stringify({...heartbeat, extra: 1}), 'invalid'],
+    ['a negative interval', JSON.stringify({...heartbeat, interval: -1}), 'invalid'],
+    ['an unblock naming both a reporter and all', JSON.stringify({v: 1, kind: 'unblock', name: 'a', all: true, pid: 1, user: 'r'}), 'invalid'],
+  ];
+  for (const [what, line, reason] of rejections) {
+    it(`rejects ${what} as ${reason}`, () => {
+      const result = decodeLine(line);
+      assert.equal(result.ok, false);
+      assert.equal(!result.ok && result.rejection.reason, reason);
+    });
+  }
+});
+
+describe('LineDecoder', () => {
+  it('decodes lines split across chunks at every byte', () => {
+    const line = encodeMessage(heartbeat);
+    for (let cut = 1; cut < line.length; cut++) {
+      const {decoder, messages} = collect();
+      decoder.push(line.subarray(0, cut));
+      decoder.push(line.subarray(cut));
+      assert.equal(messages.length, 1, `cut at ${cut}`);
+    }
+  });
+
+  it('skips a 200 KB line without buffering it and decodes the next one', () => {
+    const {decoder, messages, rejected} = collect();
+    decoder.push(Buffer.from('abc'));
+    const big = Buffer.alloc(200 * 1024, 0x61);
+    for (let i = 0; i < big.length; i += 1000)
+      decoder.push(big.subarray(i, i + 1000));
+    decoder.push(Buffer.from('\n'));
+    decoder.push(Buffer.from([0x00, 0xff, 0xfe, 0x0a]));
+    decoder.push(encodeMessage(heartbeat));
+    assert.deepEqual(messages, [heartbeat]);
+    assert.deepEqual(rejected, ['oversize', 'malformed']);
+    assert.equal(decoder.counters.oversize, 1);
+    assert.equal(decoder.counters.accepted, 1);
+  });
+
+  it('accepts a line of exactly 4096 bytes and rejects one of 4097', () => {
+    const pad = (n: number) => {
+      const base = JSON.stringify({v: 1, kind: 'unblock', name: 'x', pid: 1, user: ''});
+      return `${base.slice(0, -2)}${'u'.repeat(n - base.length)}"}`;
+    };
+    const fits = pad(MAX_LINE_BYTES - 1);
+    assert.equal(Buffer.byteLength(`${fits}\n`), MAX_LINE_BYTES);
+    const {decoder, rejected} = collect();
+    decoder.push(Buffer.from(`${fits}\n`));
+    assert.deepEqual(rejected, ['invalid']); // decoded, then refused by the 64-character user limit
+    decoder.push(Buffer.from(`${pad(MAX_LINE_BYTES)}\n`));
+    assert.deepEqual(rejected, ['invalid', 'oversize']);
+  });
+
+  it('counts a trailing partial line at the end', () => {
+    const {decoder, rejected} = collect();
+    decoder.push(encodeMessage(heartbeat).subarray(0, 20));
+    decoder.end();
+    assert.deepEqual(rejected, ['partial']);
+  });
+
+  it('never throws and never loses the next valid line (random bytes and random JSON)', () => {
+    let seed = 12345;
+    const random = () => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed / 0x7fffffff;
+    };
+    const randomJson = (depth = 0): unknown => {
+      const r = random();
+      if (depth > 3 || r < 0.2)
+        return Math.floor(random() * 70000) - 10;
+      if (r < 0.35)
+        return 'x'.repeat(Math.floor(random() * 10));
+      if (r < 0.45)
+        return random() < 0.5;
+      if (r < 0.55)
+        return null;
+      if (r < 0.75)
+        return Array.from({length: Math.floor(random() * 4)}, () => randomJson(depth + 1));
+      const keys = ['v', 'kind', 'name', 'pid', 'ports', 'all', 'user', 'seq'];
+      return Object.fromEntries(keys.filter(() => random() < 0.6).map(k => [k, k === 'kind' ? ['heartbeat', 'goodbye', 'unblock'][Math.floor(random() * 3)] : k === 'v' ? 1 : randomJson(depth + 1)]));
+    };
+    for (let round = 0; round < 3000; round++) {
+      const {decoder, messages} = collect();
+      const junk = random() < 0.5
+        ? Buffer.from(Array.from({length: Math.floor(random() * 300)}, () => Math.floor(random() * 256)))
+        : Buffer.from(JSON.stringify(randomJson()));
+      decoder.push(junk);
+      decoder.push(Buffer.from('\n'));
+      decoder.push(encodeMessage(heartbeat));
+      assert.equal(messages.at(-1) !== undefined && JSON.stringify(messages.at(-1)), JSON.stringify(heartbeat), `round ${round}`);
+    }
+  });
+});
