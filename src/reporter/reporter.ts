@@ -105,6 +105,7 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
       logger.error(`probe failed: ${outcome.reason}; no heartbeat until the disk answers`, {name: options.name, monitor: options.monitor, code: outcome.code});
       limited.mark('failing');
     } else {
+      logger.debug(`probe still failing: ${outcome.reason}`, {name: options.name});
       limited.log('warn', 'failing', `probe still failing: ${outcome.reason}`, {name: options.name, failingForSeconds: round((performance.now() - failingSince) / 1000)});
     }
     health = {state: 'failing', reason: outcome.reason};

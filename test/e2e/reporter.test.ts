@@ -1,0 +1,189 @@
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import {after, before, describe, it} from 'node:test';
+import type {TestContext} from 'node:test';
+import {dir as tmpDir} from 'tmp-promise';
+
+import {LineDecoder} from '../../src/heartbeat';
+import type {Heartbeat, Message} from '../../src/heartbeat';
+import {ensureFifo, openFifoReader} from '../../src/transport';
+import {ebsmon} from '../helpers/proc';
+import type {Proc} from '../helpers/proc';
+import {LoopVolume, Teardown, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
+
+/** The test plays the monitor: it reads the FIFO with the real decoder. */
+function listen(fifo: string) {
+  const messages: Array<Message> = [];
+  ensureFifo(fifo);
+  const decoder = new LineDecoder({onMessage: m => messages.push(m), onReject: () => {}});
+  const handle = openFifoReader(fifo, chunk => decoder.push(chunk));
+  const beats = () => messages.filter((m): m is Heartbeat => m.kind === 'heartbeat');
+  return {messages, beats, close: () => handle.close()};
+}
+
+const probeChildren = (pid: number) => sh(['pgrep', '-P', String(pid), '-x', 'dd'], {allowFail: true}).split('\n').filter(Boolean).length;
+
+describe('ebsmon report on a real loop-mounted ext4 volume', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
+  let dir: string;
+  let cleanupDir: () => Promise<void>;
+  let teardown: Teardown;
+  let volume: LoopVolume;
+  const procs: Array<Proc> = [];
+
+  before(async () => {
+    ({path: dir, cleanup: cleanupDir} = await tmpDir({unsafeCleanup: true}));
+    teardown = new Teardown(dir);
+    volume = LoopVolume.create(dir, teardown);
+    sh(['mkdir', path.join(volume.mountpoint, 'mysql')]);
+  });
+
+  after(async () => {
+    volume?.thaw();
+    for (const proc of procs)
+      await proc.stop();
+    teardown?.dispose();
+    await cleanupDir?.();
+  });
+
+  const report = (fifo: string, extra: Array<string> = []) => {
+    const proc = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'mysql')}`, '--ports=3306', `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=1', '--log-level=debug', ...extra]);
+    procs.push(proc);
+    return proc;
+  };
+  const logged = (proc: Proc, re: RegExp) => proc.logs().some(l => re.test(String(l.message)));
+
+  it('heartbeats at the interval, stops while frozen with one probe process at most, and resumes after thaw', async (t: TestContext) => {
+    requireRoot(t);
+    const fifo = path.join(dir, 'hang.fifo');
+    const monitor = listen(fifo);
+    const reporter = report(fifo);
+    try {
+      await waitFor('3 heartbeats', () => monitor.beats().length >= 3);
+      const seqs = monitor.beats().map(b => b.seq);
+      assert.ok(seqs.every((s, i) => i === 0 || s === seqs[i - 1]! + 1), `sequence increases: ${seqs.join(',')}`);
+      assert.equal(monitor.beats()[0]!.name, 'mysql');
+      assert.deepEqual(monitor.beats()[0]!.ports, [3306]);
+
+      volume.freeze();
+      try {
+        await waitFor('the probe to time out', () => logged(reporter, /probe failed: timed out after 1\.0 s/));
+        const stoppedAt = monitor.beats().length;
+        let most = 0;
+        const until = Date.now() + 10_000;
+        while (Date.now() < until) {
+          most = Math.max(most, probeChildren(reporter.pid));
+          await new Promise(resolve => setTimeout(resolve, 200));
+        }
+        assert.equal(monitor.beats().length, stoppedAt, 'no heartbeat while frozen');
+        assert.equal(most, 1, 'exactly one probe process, stuck, for the whole freeze');
+        assert.ok(logged(reporter, /previous probe process still exists/), 'the reporter kept ticking and logging');
+        assert.ok(reporter.running);
+      } finally {
+        volume.thaw();
+      }
+      const resumedFrom = monitor.beats().length;
+      await waitFor('heartbeats after thaw', () => monitor.beats().length >= resumedFrom + 2);
+      assert.ok(logged(reporter, /probe healthy again/));
+    } finally {
+      await reporter.stop();
+      monitor.close();
+    }
+  });
+
+  it('stops on a read-only remount, names EROFS, and resumes on rw', async (t: TestContext) => {
+    requireRoot(t);
+    const fifo = path.join(dir, 'ro.fifo');
+    const monitor = listen(fifo);
+    const reporter = report(fifo);
+    try {
+      await waitFor('a heartbeat', () => monitor.beats().length >= 1);
+      volume.remount('ro');
+      try {
+        await waitFor('EROFS in the log', () => logged(reporter, /EROFS: read-only file system/));
+        const count = monitor.beats().length;
+        await waitFor('two more failed probes', () => reporter.logs().filter(l => /probe still failing: write: EROFS/.test(String(l.message))).length >= 2);
+        assert.equal(monitor.beats().length, count);
+        assert.ok(reporter.running);
+      } finally {
+        volume.remount('rw');
+      }
+      const count = monitor.beats().length;
+      await waitFor('heartbeats after rw', () => monitor.beats().length >= count + 2);
+    } finally {
+      await reporter.stop();
+      monitor.close();
+    }
+  });
+
+  it('SIGTERM while frozen: exits (reaped) within 2 s and sends no goodbye', async (t: TestContext) => {
+    requireRoot(t);
+    const fifo = path.join(dir, 'term.fifo');
+    const monitor = listen(fifo);
+    const reporter = report(fifo);
+    try {
+      await waitFor('a heartbeat', () => monitor.beats().length >= 1);
+      volume.freeze();
+      try {
+        await waitFor('the probe to time out', () => logged(reporter, /probe failed/));
+        const started = Date.now();
+        reporter.kill('SIGTERM');
+        await Promise.race([reporter.exited, new Promise(resolve => setTimeout(resolve, 2000))]);
+        assert.equal(reporter.running, false, `exited within 2 s (took ${Date.now() - started} ms)`);
+        assert.equal(reporter.exitCode, 0);
+        assert.equal(sh(['ps', '-o', 'stat=', '-p', String(reporter.pid)], {allowFail: true}).trim(), '', 'no zombie left');
+        assert.ok(!monitor.messages.some(m => m.kind === 'goodbye'), 'no goodbye from a failing reporter');
+      } finally {
+        volume.thaw();
+      }
+    } finally {
+      monitor.close();
+    }
+  });
+
+  it('SIGTERM while healthy sends a goodbye', async (t: TestContext) => {
+    requireRoot(t);
+    const fifo = path.join(dir, 'bye.fifo');
+    const monitor = listen(fifo);
+    const reporter = report(fifo);
+    try {
+      await waitFor('a heartbeat', () => monitor.beats().length >= 1);
+      reporter.kill('SIGTERM');
+      await reporter.exited;
+      assert.equal(reporter.exitCode, 0);
+      await waitFor('the goodbye', () => monitor.messages.find(m => m.kind === 'goodbye'));
+      assert.deepEqual(monitor.messages.find(m => m.kind === 'goodbye'), {v: 1, kind: 'goodbye', name: 'mysql', pid: reporter.pid});
+    } finally {
+      monitor.close();
+    }
+  });
+
+  it('keeps probing with no monitor, and delivers once one appears', async (t: TestContext) => {
+    requireRoot(t);
+    const fifo = path.join(dir, 'late', 'ebsmon.fifo');
+    const reporter = report(fifo);
+    try {
+      await waitFor('the no-monitor warning', () => logged(reporter, /heartbeat dropped: .*does not exist/));
+      sh(['mkdir', '-p', path.dirname(fifo)]);
+      const monitor = listen(fifo);
+      try {
+        await waitFor('heartbeats to arrive', () => monitor.beats().length >= 2);
+        assert.ok(logged(reporter, /monitor reachable again/));
+      } finally {
+        monitor.close();
+      }
+    } finally {
+      await reporter.stop();
+    }
+  });
+
+  it('exits 1 with a clear message when --monitor is missing or not a directory', async () => {
+    const missing = ebsmon(['report', '--monitor=/nonexistent/ebsmon-test', '--ports=80']);
+    await missing.exited;
+    assert.equal(missing.exitCode, 1);
+    assert.match(missing.stderr, /--monitor=\/nonexistent\/ebsmon-test: no such directory/);
+    const file = ebsmon(['report', '--monitor=/etc/hostname', '--ports=80']);
+    await file.exited;
+    assert.equal(file.exitCode, 1);
+    assert.match(file.stderr, /not a directory/);
+  });
+});
