@@ -2,7 +2,7 @@ import {spawn} from 'node:child_process';
 import type {ChildProcess} from 'node:child_process';
 import path from 'node:path';
 
-import {EBSMON, ROOT, inNs} from './rig';
+import {EBSMON, ROOT, inNs, registerChild} from './rig';
 
 /** A process the test started, with its stderr kept for assertions. */
 export class Proc {
@@ -13,6 +13,7 @@ export class Proc {
   readonly exited: Promise<void>;
 
   constructor(readonly child: ChildProcess) {
+    registerChild(child.pid);
     child.stderr?.on('data', (chunk: Buffer) => {
       this.stderr += chunk.toString('utf8');
     });

@@ -44,6 +44,14 @@ export async function waitFor<T>(what: string, probe: () => T | undefined | null
  * detached watchdog that thaws and tears down (a frozen mount left behind
  * hangs the next run and CI).
  */
+const activeTeardowns = new Set<Teardown>();
+
+/** Every process a test starts: ended by pid if the test process dies (it may hold the mount). */
+export function registerChild(pid: number | undefined): void {
+  for (const teardown of activeTeardowns)
+    teardown.killOnCrash(pid);
+}
+
 export class Teardown {
   private readonly steps: Array<Array<string>> = [];
   private readonly script: string;
@@ -55,6 +63,7 @@ export class Teardown {
     const child = spawn('bash', ['-c', `while kill -0 ${process.pid} 2>/dev/null; do sleep 0.5; done; bash "${this.script}"`], {detached: true, stdio: 'ignore'});
     child.unref();
     this.watchdog = child.pid;
+    activeTeardowns.add(this);
   }
 
   add(argv: Array<string>): void {
@@ -62,12 +71,24 @@ export class Teardown {
     this.write();
   }
 
+  /** Only if this test process dies: end a process it started, by pid (first, so a mount can go). */
+  killOnCrash(pid: number | undefined): void {
+    if (pid !== undefined) {
+      this.crashKills.push(pid);
+      this.write();
+    }
+  }
+
+  private readonly crashKills: Array<number> = [];
+
   private write(): void {
-    const lines = ['#!/bin/bash', ...[...this.steps].reverse().map(argv => `${argv.map(a => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')} >/dev/null 2>&1`)];
+    const quote = (argv: Array<string>) => `${argv.map(a => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')} >/dev/null 2>&1`;
+    const lines = ['#!/bin/bash', ...(this.crashKills ?? []).map(pid => quote(['kill', '-9', String(pid)])), ...[...this.steps].reverse().map(quote)];
     fs.writeFileSync(this.script, `${lines.join('\n')}\n`);
   }
 
   dispose(): void {
+    activeTeardowns.delete(this);
     if (this.watchdog !== undefined) {
       try {
         process.kill(this.watchdog, 'SIGKILL');
@@ -98,6 +119,8 @@ export class LoopVolume {
     teardown.add(['losetup', '-d', device]);
     sh(['mount', device, mountpoint]);
     teardown.add(['umount', '-l', mountpoint]);
+    // A plain umount first so the loop device is free to detach; -l if something still holds it.
+    teardown.add(['umount', mountpoint]);
     // Registered last so it runs first: a frozen mount cannot be unmounted.
     teardown.add(['fsfreeze', '-u', mountpoint]);
     return new LoopVolume(image, device, mountpoint);
