@@ -221,6 +221,109 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     await monitor.stop();
   });
 
+  it('unblock lifts a fence while the disk is still frozen; status shows it; the hook sees every change', async (t: TestContext) => {
+    requireRoot(t);
+    const hookLog = path.join(dir, 'hook.log');
+    const hook = path.join(dir, 'hook.sh');
+    fs.writeFileSync(hook, `#!/bin/sh\necho "$EBSMON_REPORTER $EBSMON_STATE $EBSMON_PORTS $EBSMON_REASON" >> ${hookLog}\n[ "$EBSMON_REPORTER" = slowhook ] && sleep 60\nexit 0\n`, {mode: 0o755});
+    const monitor = startMonitor([`--on-change=${hook}`]);
+    await ready(monitor);
+    const reporter = startReporter();
+    await waitFor('healthy', () => stateOf('www') === 'healthy');
+    const status = (...args: Array<string>) => ebsmonOnce(['status', `--state-dir=${stateDir}`, ...args]);
+
+    const ok = await status('--nagios');
+    assert.equal(ok.code, 0);
+    assert.match(ok.stdout, /^OK: 1 reporter healthy, monitor pulse \d+\.\ds ago \| reporters=1 fenced=0 overridden=0 pulse_age=/);
+
+    volume.freeze();
+    try {
+      await waitFor('the fence', () => stateOf('www') === 'fenced');
+      const critical = await status('--nagios');
+      assert.equal(critical.code, 2);
+      assert.match(critical.stdout, /^CRITICAL: 1 of 1 reporters fenced \(www\)/);
+      const table = await status();
+      assert.equal(table.code, 0);
+      assert.match(table.stdout, /^monitor alive: pid \d+, pulse \d+\.\ds ago, 1 reporter\nREPORTER +STATE +PORTS +LAST HEARTBEAT +FENCED SINCE +FENCES\nwww +fenced +7000 +\d+\.\ds ago +\d{4}-.*Z \(\d+\.\ds ago\) +1\n$/);
+      const json = JSON.parse((await status('--json')).stdout);
+      assert.equal(json.monitor.alive, true);
+      assert.equal(json.reporters[0].state, 'fenced');
+      assert.equal(typeof json.reporters[0].lastHeartbeatAgeSeconds, 'number');
+
+      // A hook that hangs does not delay the next fence.
+      send(encodeMessage(synthetic('slowhook', [7003])));
+      await waitFor('slowhook fenced', () => stateOf('slowhook') === 'fenced');
+      send(encodeMessage(synthetic('after', [7004])));
+      await waitFor('the next fence despite a hanging hook', () => stateOf('after') === 'fenced' && /ebsmon:after/.test(rules()));
+
+      const lifted = await ebsmonOnce(['unblock', '--reporter=www', `--fifo=${fifo}`, `--state-dir=${stateDir}`]);
+      assert.equal(lifted.code, 0, lifted.stderr);
+      assert.equal(lifted.stdout, 'www: fence lifted; overridden until its next heartbeat\n');
+      assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok', 'remote clients connect while the disk is still frozen');
+      assert.equal(stateOf('www'), 'overridden');
+      const warning = await status('--nagios');
+      assert.equal(warning.code, 2, 'slowhook and after are still fenced');
+      const again = await ebsmonOnce(['unblock', '--reporter=www', `--fifo=${fifo}`, `--state-dir=${stateDir}`]);
+      assert.equal(again.stdout, 'www is overridden: not fenced, nothing changed\n');
+      const unknown = await ebsmonOnce(['unblock', '--reporter=nosuch', `--fifo=${fifo}`, `--state-dir=${stateDir}`]);
+      assert.equal(unknown.code, 1);
+      assert.match(unknown.stderr, /unknown reporter nosuch/);
+      assert.equal((await ebsmonOnce(['unblock', '--reporter=slowhook', `--fifo=${fifo}`, `--state-dir=${stateDir}`])).code, 0);
+      assert.equal((await ebsmonOnce(['unblock', '--reporter=after', `--fifo=${fifo}`, `--state-dir=${stateDir}`])).code, 0);
+      const warn = await status('--nagios');
+      assert.equal(warn.code, 1);
+      assert.match(warn.stdout, /^WARNING: 3 reporters overridden/);
+    } finally {
+      volume.thaw();
+    }
+    await waitFor('healthy after thaw', () => stateOf('www') === 'healthy');
+    await waitFor('the hook log', () => {
+      const text = fs.existsSync(hookLog) ? fs.readFileSync(hookLog, 'utf8') : '';
+      return /^www fenced 7000 no heartbeat for \d/m.test(text) && /^www overridden 7000 unblock by /m.test(text) && /^www healthy 7000 heartbeat after override/m.test(text);
+    });
+
+    await reporter.stop();
+    await monitor.stop();
+  });
+
+  it('unblock with no monitor running removes only ebsmon rules, and records the override', async (t: TestContext) => {
+    requireRoot(t);
+    const monitor = startMonitor();
+    await ready(monitor);
+    send(encodeMessage(synthetic('left', [7006])));
+    send(encodeMessage(synthetic('right', [7007])));
+    await waitFor('both fenced', () => stateOf('left') === 'fenced' && stateOf('right') === 'fenced' && /ebsmon:right/.test(rules()) && /ebsmon:left/.test(rules()));
+    monitor.kill('SIGKILL');
+    await monitor.exited;
+    const stale = await ebsmonOnce(['status', `--state-dir=${stateDir}`, '--nagios']);
+    assert.equal(stale.code, 2);
+    await waitFor('the pulse to go stale', async () => /^CRITICAL: monitor not running/.test((await ebsmonOnce(['status', `--state-dir=${stateDir}`, '--nagios'])).stdout), 10_000, 250);
+
+    const one = await ebsmonOnce(['unblock', '--reporter=left', `--fifo=${fifo}`, `--state-dir=${stateDir}`], {ns: rig.srv});
+    assert.equal(one.code, 0, one.stderr);
+    assert.equal(one.stdout, 'no monitor running: removed ebsmon rules for left from iptables and ip6tables\n');
+    assert.doesNotMatch(rules(), /ebsmon:left/);
+    assert.match(rules(), /ebsmon:right/);
+    assert.equal(stateOf('left'), 'overridden');
+
+    const all = await ebsmonOnce(['unblock', '--all', `--fifo=${fifo}`, `--state-dir=${stateDir}`], {ns: rig.srv});
+    assert.equal(all.code, 0, all.stderr);
+    assert.match(all.stdout, /^no monitor running: removed every ebsmon rule/);
+    const save = sh(inNs(rig.srv, ['iptables-save'])) + sh(inNs(rig.srv, ['ip6tables-save']));
+    assert.doesNotMatch(save, /EBSMON|ebsmon/);
+    assert.equal(foreignRules(rig.srv), before0);
+
+    fs.writeFileSync(path.join(stateDir, 'state.json'), '{"v": 1, "monitor": 42');
+    const corrupt = await ebsmonOnce(['status', `--state-dir=${stateDir}`]);
+    assert.equal(corrupt.code, 1);
+    assert.equal(corrupt.stderr, `Snapshot Error: ${path.join(stateDir, 'state.json')} is not valid JSON (corrupt, or not written by ebsmon)\n`);
+    assert.equal((await ebsmonOnce(['status', `--state-dir=${stateDir}`, '--nagios'])).code, 3);
+    fs.rmSync(path.join(stateDir, 'state.json'));
+    const missing = await ebsmonOnce(['status', `--state-dir=${stateDir}`, '--nagios']);
+    assert.equal(missing.code, 3);
+    assert.match(missing.stdout, /^UNKNOWN: no ebsmon snapshot at /);
+  });
+
   it('puts back rules flushed behind its back, and retries a broken iptables until it works', async (t: TestContext) => {
     requireRoot(t);
     const bin = path.join(dir, 'bin');
