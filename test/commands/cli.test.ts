@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import {PassThrough} from 'node:stream';
+import {describe, it} from 'node:test';
+
+import {runCli} from '../../commands/cli';
+import {ebsmonOnce} from '../helpers/proc';
+
+async function run(argv: Array<string>) {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  let out = '';
+  let err = '';
+  stdout.on('data', c => {
+    out += String(c);
+  });
+  stderr.on('data', c => {
+    err += String(c);
+  });
+  const code = await runCli(argv, {stdout, stderr, stdin: process.stdin});
+  return {code, stdout: out, stderr: err};
+}
+
+describe('command line (in process)', () => {
+  const usage: Array<[Array<string>, RegExp]> = [
+    [['report', '--monitor=/tmp', '--ports=0'], /Invalid value for --ports: expected ports 1-65535 .*\(got "0"\)/],
+    [['report', '--monitor=/tmp', '--ports=80,x'], /--ports: .*\(got "80,x"\)/],
+    [['report', '--monitor=/tmp'], /--ports/],
+    [['report', '--monitor=/tmp', '--ports=80', '--interval=0'], /Invalid value for --interval: expected a positive number of seconds.*\(got "0"\)/],
+    [['report', '--monitor=/tmp', '--ports=80', '--probe-timeout=-2'], /--probe-timeout/],
+    [['report', '--monitor=/tmp', '--ports=80', '--name=bad name'], /Invalid value for --name/],
+    [['report', '--monitor=/', '--ports=80'], /reporter name "", which is not .*; pass --name/],
+    [['monitor', '--timeout', 'soon'], /Invalid value for --timeout: .*\(got "soon"\)/],
+    [['monitor', '--recover=1.5'], /--recover: expected a whole number/],
+    [['monitor', '--log-level=loud'], /--log-level/],
+    [['unblock'], /exactly one of --reporter=NAME or --all/],
+    [['unblock', '--all', '--reporter=x'], /exactly one of/],
+    [['status', '--json', '--nagios'], /exclusive/],
+    [['frobnicate'], /Command not found/],
+  ];
+  for (const [argv, message] of usage) {
+    it(`exits 2 on ${argv.join(' ')}`, async () => {
+      const result = await run(argv);
+      assert.equal(result.code, 2);
+      assert.match(result.stderr, message);
+      assert.equal(result.stdout, '');
+    });
+  }
+
+  it('accepts --flag value as well as --flag=value', async () => {
+    const result = await run(['status', '--state-dir', '/nonexistent/ebsmon', '--nagios']);
+    assert.equal(result.code, 3);
+    assert.equal(result.stdout, 'UNKNOWN: no ebsmon snapshot at /nonexistent/ebsmon/state.json (is the monitor running?)\n');
+  });
+
+  it('status without a snapshot exits 1 with a message on stderr', async () => {
+    const result = await run(['status', '--state-dir=/nonexistent/ebsmon']);
+    assert.equal(result.code, 1);
+    assert.equal(result.stderr, 'Snapshot Error: no ebsmon snapshot at /nonexistent/ebsmon/state.json (is the monitor running?)\n');
+  });
+
+  for (const verb of ['monitor', 'report', 'status', 'unblock']) {
+    it(`${verb} --help shows usage with examples`, async () => {
+      const result = await run([verb, '--help']);
+      assert.equal(result.code, 0);
+      assert.match(result.stdout, /Examples/);
+      assert.match(result.stdout, new RegExp(`\\$ ebsmon ${verb}`));
+    });
+  }
+});
+
+describe('the built dist/ebsmon', () => {
+  it('prints its version', async () => {
+    const result = await ebsmonOnce(['--version']);
+    assert.equal(result.code, 0);
+    assert.match(result.stdout, /^\d+\.\d+\.\d+\n$/);
+  });
+
+  it('prints help listing the four verbs', async () => {
+    const result = await ebsmonOnce(['--help']);
+    assert.equal(result.code, 0);
+    for (const verb of ['monitor', 'report', 'status', 'unblock'])
+      assert.match(result.stdout, new RegExp(`ebsmon ${verb}`));
+  });
+
+  it('exits 2 on a bad flag, with the message on stderr', async () => {
+    const result = await ebsmonOnce(['monitor', '--timeout=-1']);
+    assert.equal(result.code, 2);
+    assert.equal(result.stdout, '');
+    assert.match(result.stderr, /Invalid value for --timeout: expected a positive number of seconds, e\.g\. 0\.5 \(got "-1"\)/);
+  });
+});

@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import {after, before, describe, it} from 'node:test';
+import type {TestContext} from 'node:test';
+import {dir as tmpDir} from 'tmp-promise';
+
+import {ebsmonOnce} from '../helpers/proc';
+import {EBSMON, ROOT, Teardown, isRoot, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
+  let dir: string;
+  let cleanupDir: () => Promise<void>;
+  let teardown: Teardown;
+  let ns: string;
+
+  before(async () => {
+    ({path: dir, cleanup: cleanupDir} = await tmpDir({unsafeCleanup: true}));
+    teardown = new Teardown(dir);
+    ns = `ebsmon-daemon-${process.pid}`;
+    sh(['ip', 'netns', 'add', ns]);
+    teardown.add(['ip', 'netns', 'del', ns]);
+  });
+
+  after(async () => {
+    teardown?.dispose();
+    await cleanupDir?.();
+  });
+
+  it('daemonizes, refuses a double start, reopens its log on SIGHUP, and removes its pidfile on SIGTERM', async (t: TestContext) => {
+    requireRoot(t);
+    const pidfile = path.join(dir, 'monitor.pid');
+    const logfile = path.join(dir, 'monitor.log');
+    const args = ['monitor', '--daemonize', `--pidfile=${pidfile}`, `--logfile=${logfile}`, `--fifo=${dir}/run/fifo`, `--state-dir=${dir}/run`];
+    const started = await ebsmonOnce(args, {ns});
+    assert.equal(started.code, 0, started.stderr);
+    const pid = Number(/pid (\d+)/.exec(started.stdout)?.[1]);
+    registerChild(pid);
+    assert.equal(fs.readFileSync(pidfile, 'utf8'), `${pid}\n`);
+    assert.ok(alive(pid));
+    try {
+      const twice = await ebsmonOnce(args, {ns});
+      assert.equal(twice.code, 1);
+      assert.match(twice.stderr, new RegExp(`${pidfile} is held by running process ${pid}`));
+
+      await waitFor('the log', () => fs.existsSync(logfile) && fs.readFileSync(logfile, 'utf8').includes('monitor running'));
+      fs.renameSync(logfile, `${logfile}.1`);
+      process.kill(pid, 'SIGHUP');
+      await waitFor('a new log file', () => fs.existsSync(logfile) && fs.readFileSync(logfile, 'utf8').includes('log file reopened'));
+    } finally {
+      process.kill(pid, 'SIGTERM');
+    }
+    await waitFor('the daemon to exit', () => !alive(pid));
+    assert.equal(fs.existsSync(pidfile), false);
+  });
+
+  it('replaces a stale pidfile', async (t: TestContext) => {
+    requireRoot(t);
+    const pidfile = path.join(dir, 'stale.pid');
+    fs.writeFileSync(pidfile, '4194000\n');
+    const started = await ebsmonOnce(['monitor', '--daemonize', `--pidfile=${pidfile}`, `--fifo=${dir}/run2/fifo`, `--state-dir=${dir}/run2`], {ns});
+    assert.equal(started.code, 0, started.stderr);
+    const pid = Number(/pid (\d+)/.exec(started.stdout)?.[1]);
+    registerChild(pid);
+    assert.equal(fs.readFileSync(pidfile, 'utf8'), `${pid}\n`);
+    process.kill(pid, 'SIGTERM');
+    await waitFor('the daemon to exit', () => !alive(pid));
+  });
+
+  it('a daemon that cannot start says why and exits 1', async () => {
+    const result = await ebsmonOnce(['report', '--daemonize', '--monitor=/nonexistent/x', '--ports=80', `--fifo=${dir}/f`]);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /--monitor=\/nonexistent\/x: no such directory/);
+  });
+
+  it('ships systemd units that verify', async (t: TestContext) => {
+    requireRoot(t);
+    const units = path.join(dir, 'units');
+    fs.mkdirSync(units);
+    for (const unit of ['ebsmon-monitor.service', 'ebsmon-report@.service'])
+      fs.writeFileSync(path.join(units, unit), fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', unit), 'utf8').replaceAll('/usr/local/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units));
+    fs.writeFileSync(path.join(units, 'report-mysql.env'), 'MONITOR=/var/lib/mysql\nPORTS=3306\n');
+    fs.copyFileSync(path.join(units, 'ebsmon-report@.service'), path.join(units, 'ebsmon-report@mysql.service'));
+    const out = sh(['systemd-analyze', 'verify', '--man=no', path.join(units, 'ebsmon-monitor.service'), path.join(units, 'ebsmon-report@mysql.service')], {allowFail: true});
+    const result = sh(['bash', '-c', `systemd-analyze verify --man=no ${units}/ebsmon-monitor.service ${units}/ebsmon-report@mysql.service 2>&1; echo "rc=$?"`]);
+    assert.match(result, /rc=0\s*$/, `${out}${result}`);
+    assert.doesNotMatch(result.replace(/.*(Failed to load|Cannot add dependency|not found).*ebsmon-monitor.service.*\n?/g, ''), /ebsmon.*(Unknown|error|invalid)/i);
+  });
+
+  it('packs into a tarball whose global install gives a working ebsmon', async () => {
+    const pack = path.join(dir, 'pack');
+    const prefix = path.join(dir, 'prefix');
+    fs.mkdirSync(pack);
+    const name = sh(['npm', 'pack', '--silent', '--pack-destination', pack], {}).trim().split('\n').pop()!;
+    sh(['npm', 'install', '-g', '--silent', '--no-audit', '--no-fund', '--prefix', prefix, path.join(pack, name)]);
+    const bin = path.join(prefix, 'bin', 'ebsmon');
+    assert.match(sh([bin, '--version']), /^\d+\.\d+\.\d+\n$/);
+    assert.match(sh([bin, 'status', '--help']), /ebsmon status/);
+  });
+});
