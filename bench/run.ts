@@ -1,0 +1,189 @@
+// make bench: prints figures (medians with min/max) and writes bench/results.json.
+// Not a test: nothing here passes or fails on a number.
+import {spawn, spawnSync} from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import {LineDecoder, encodeMessage} from '../src/heartbeat';
+import {Prober} from '../src/probe';
+import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
+import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
+import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
+
+type Stat = {median: number, min: number, max: number, p99?: number, n: number};
+const stat = (values: Array<number>): Stat => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+  return {median: at(0.5), min: sorted[0]!, max: sorted.at(-1)!, p99: at(0.99), n: values.length};
+};
+const fmt = (s: Stat, unit: string, digits = 1) => `median ${s.median.toFixed(digits)} ${unit} (min ${s.min.toFixed(digits)}, max ${s.max.toFixed(digits)}, p99 ${s.p99!.toFixed(digits)}, n=${s.n})`;
+const results: Record<string, unknown> = {date: new Date().toISOString(), machine: `${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}, node ${process.version}`};
+const line = (label: string, text: string) => process.stdout.write(`${label.padEnd(48)} ${text}\n`);
+
+const rssKb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+const cpuTicks = (pid: number) => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+};
+
+async function decodeThroughput(dir: string): Promise<void> {
+  const runs: Array<number> = [];
+  const cpuPer1000: Array<number> = [];
+  for (let run = 0; run < 5; run++) {
+    const fifo = path.join(dir, `bench-${run}.fifo`);
+    ensureFifo(fifo);
+    let decoded = 0;
+    const decoder = new LineDecoder({onMessage: () => {
+      decoded += 1;
+    }, onReject: () => {}});
+    const reader = openFifoReader(fifo, chunk => decoder.push(chunk));
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    const writers = Array.from({length: 4}, (_, i) => new Proc(spawn(process.execPath, ['--import', 'tsx', HELPER('writer.ts'), fifo, `bench-${i}`, '100000'], {stdio: ['ignore', 'pipe', 'pipe']})));
+    await Promise.all(writers.map(w => w.exited));
+    const sent = writers.reduce((n, w) => n + (JSON.parse(w.stdout) as {sent: number}).sent, 0);
+    await waitFor('all decoded', () => decoded >= sent, 60_000, 5);
+    const seconds = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
+    reader.close();
+    runs.push(decoded / seconds);
+    cpuPer1000.push((cpu.user + cpu.system) / 1000 / (decoded / 1000));
+  }
+  const s = stat(runs);
+  line('heartbeats decoded per second (FIFO, 4 writers)', `${fmt(s, '/s', 0)}`);
+  const c = stat(cpuPer1000);
+  line('monitor-side CPU per 1000 heartbeats', `${fmt(c, 'ms', 2)}`);
+  results.decodePerSecond = s;
+  results.decodeCpuMsPer1000 = c;
+}
+
+async function probeCost(volume: LoopVolume): Promise<void> {
+  fs.mkdirSync(path.join(volume.mountpoint, 'bench'), {recursive: true});
+  const prober = new Prober(path.join(volume.mountpoint, 'bench'), 'bench', 'direct', 3000);
+  const times: Array<number> = [];
+  for (let i = 0; i < 200; i++) {
+    const outcome = await prober.probe(i);
+    if (outcome.ok)
+      times.push(outcome.ms);
+  }
+  const s = stat(times);
+  line('probe wall time (O_DIRECT write + read, loop ext4)', fmt(s, 'ms', 2));
+  results.probeMs = s;
+}
+
+async function reporterFootprint(volume: LoopVolume, dir: string, seconds: number): Promise<void> {
+  const fifo = path.join(dir, 'rep.fifo');
+  ensureFifo(fifo);
+  let beats = 0;
+  const decoder = new LineDecoder({onMessage: () => {
+    beats += 1;
+  }, onReject: () => {}});
+  const reader = openFifoReader(fifo, chunk => decoder.push(chunk));
+  const proc = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'bench')}`, '--ports=80', `--fifo=${fifo}`, '--interval=0.1']);
+  await waitFor('heartbeats', () => beats > 5);
+  const rss: Array<number> = [];
+  const c0 = cpuTicks(proc.pid);
+  const until = Date.now() + seconds * 1000;
+  while (Date.now() < until) {
+    rss.push(rssKb(proc.pid) / 1024);
+    await new Promise(resolve => setTimeout(resolve, 1000));
+  }
+  const cpuShare = (cpuTicks(proc.pid) - c0) / 100 / seconds * 100;
+  await proc.stop();
+  reader.close();
+  line(`reporter RSS at --interval=0.1 over ${seconds} s`, `first ${rss[0]!.toFixed(1)} MB, last ${rss.at(-1)!.toFixed(1)} MB, max ${Math.max(...rss).toFixed(1)} MB`);
+  line('reporter CPU at --interval=0.1 (own process)', `${cpuShare.toFixed(2)} % of a core (dd children not included)`);
+  results.reporter = {seconds, rssFirstMb: rss[0], rssLastMb: rss.at(-1), rssMaxMb: Math.max(...rss), cpuPercentAt10Hz: cpuShare};
+}
+
+async function fencing(dir: string, teardown: Teardown): Promise<void> {
+  const rig = createNetRig(teardown);
+  const fifo = path.join(dir, 'mon', 'ebsmon.fifo');
+  const stateDir = path.join(dir, 'mon');
+  const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=1', '--recover=1', '--max-reporters=10000', '--log-level=warn', '--protect-ports='], {ns: rig.srv});
+  await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));
+  const writer = new FifoWriter(fifo);
+  const beat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
+  const count = () => {
+    const out = spawnSync('ip', ['netns', 'exec', rig.srv, 'iptables', '-S', 'EBSMON'], {encoding: 'utf8'}).stdout;
+    return out.split('\n').filter(l => l.includes('ebsmon:')).length;
+  };
+
+  // Deadline -> rule in kernel: the monitor's deadline is 1 s after it read the heartbeat.
+  const latencies: Array<number> = [];
+  for (let i = 0; i < 20; i++) {
+    const name = `lat${i}`;
+    const sentAt = performance.now();
+    writer.send(beat(name, 20000 + i));
+    for (;;) {
+      const r = spawnSync('ip', ['netns', 'exec', rig.srv, 'iptables', '-C', 'EBSMON', '!', '-i', 'lo', '-p', 'tcp', '-m', 'tcp', '--dport', String(20000 + i), '-m', 'comment', '--comment', `ebsmon:${name}`, '-j', 'REJECT', '--reject-with', 'tcp-reset'], {stdio: 'ignore'});
+      if (r.status === 0)
+        break;
+    }
+    latencies.push(performance.now() - sentAt - 1000);
+    writer.send(encodeMessage({v: 1, kind: 'unblock', all: true, pid: 1, user: 'bench'}));
+    await waitFor('cleared', () => count() === 0, 10_000, 5);
+  }
+  const s = stat(latencies);
+  line('deadline -> rule in kernel (IPv4, 20 fences)', fmt(s, 'ms'));
+  results.fenceLatencyMs = s;
+
+  for (const n of [100, 1000]) {
+    const times: Array<number> = [];
+    for (let run = 0; run < 3; run++) {
+      const t0 = performance.now();
+      for (let i = 0; i < n; i++) {
+        while (!writer.send(beat(`many${n}-${run}-${i}`, 30000 + i)).ok)
+          await new Promise(resolve => setImmediate(resolve));
+      }
+      await waitFor(`${n} rules`, () => count() >= n, 30_000, 10);
+      times.push(performance.now() - t0 - 1000);
+      writer.send(encodeMessage({v: 1, kind: 'unblock', all: true, pid: 1, user: 'bench'}));
+      await waitFor('cleared', () => count() === 0, 30_000, 20);
+    }
+    const t = stat(times);
+    line(`fence ${n} reporters at once: deadline -> all rules in`, fmt(t, 'ms', 0));
+    results[`fence${n}Ms`] = t;
+  }
+
+  // 1000 reporters heartbeating at 1 Hz: the monitor's footprint.
+  const seconds = 30;
+  const monitorPid = Number(JSON.parse(fs.readFileSync(path.join(stateDir, 'state.json'), 'utf8')).monitor.pid);
+  const c0 = cpuTicks(monitorPid);
+  const rss: Array<number> = [];
+  for (let s2 = 0; s2 < seconds; s2++) {
+    const tick = performance.now();
+    for (let i = 0; i < 1000; i++)
+      while (!writer.send(beat(`steady${i}`, 40000 + i)).ok)
+        await new Promise(resolve => setImmediate(resolve));
+    rss.push(rssKb(monitorPid) / 1024);
+    await new Promise(resolve => setTimeout(resolve, Math.max(0, 1000 - (performance.now() - tick))));
+  }
+  const cpu = (cpuTicks(monitorPid) - c0) / 100 / seconds * 100;
+  line(`monitor with 1000 reporters at 1 Hz for ${seconds} s`, `RSS max ${Math.max(...rss).toFixed(1)} MB, CPU ${cpu.toFixed(2)} % of a core`);
+  results.monitor1000 = {seconds, rssMaxMb: Math.max(...rss), cpuPercent: cpu};
+  writer.close();
+  await monitor.stop();
+}
+
+async function main(): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebsmon-bench-'));
+  const teardown = new Teardown(dir);
+  try {
+    process.stdout.write(`ebsmon benchmarks, ${results.machine as string}\n`);
+    await decodeThroughput(dir);
+    const volume = LoopVolume.create(dir, teardown);
+    await probeCost(volume);
+    await reporterFootprint(volume, dir, Number(process.env.BENCH_REPORTER_SECONDS ?? 60));
+    await fencing(dir, teardown);
+  } finally {
+    teardown.dispose();
+    fs.rmSync(dir, {recursive: true, force: true});
+  }
+  fs.writeFileSync(path.join(__dirname, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  process.stdout.write('wrote bench/results.json\n');
+}
+
+void main();
