@@ -73,7 +73,7 @@ export function snapshotPath(stateDir: string): string {
 }
 
 export function writeSnapshot(stateDir: string, snapshot: Snapshot): void {
-  writeAtomic(snapshotPath(stateDir), `${JSON.stringify(snapshot, null, 1)}\n`);
+  writeAtomic(snapshotPath(stateDir), `${JSON.stringify(snapshot)}\n`);
 }
 
 /** null when there is no snapshot; SnapshotError when there is one that cannot be trusted. */
