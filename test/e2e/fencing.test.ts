@@ -191,18 +191,22 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     const marker = '/tmp/x';
     fs.rmSync(marker, {force: true});
     const writer = new FifoWriter(fifo);
-    const raw = (text: string | Buffer) => writer.send(Buffer.isBuffer(text) ? text : Buffer.from(text));
-    raw('garbage without newline');
-    raw('\n');
+    // 200 KB is more than a pipe holds: wait for room rather than drop (pipe-full).
+    const raw = async (text: string | Buffer) => {
+      while (!writer.send(Buffer.isBuffer(text) ? text : Buffer.from(text)).ok)
+        await new Promise(resolve => setTimeout(resolve, 5));
+    };
+    await raw('garbage without newline');
+    await raw('\n');
     for (let i = 0; i < 50; i++)
-      raw(Buffer.alloc(4096, 0x41));
-    raw('\n');
-    raw(Buffer.from([0, 1, 2, 0xff, 0x0a]));
-    raw(`${JSON.stringify({...synthetic('x', [80]), name: '"; touch /tmp/x; "'})}\n`);
-    raw(`${JSON.stringify({...synthetic('x', [80]), name: '$(id)'})}\n`);
-    raw(encodeMessage(synthetic('sshgrab', [22])));
-    raw(encodeMessage({v: 1, kind: 'goodbye', name: 'ghost', pid: 4242}));
-    raw(encodeMessage({v: 1, kind: 'goodbye', name: 'www', pid: 1}));
+      await raw(Buffer.alloc(4096, 0x41));
+    await raw('\n');
+    await raw(Buffer.from([0, 1, 2, 0xff, 0x0a]));
+    await raw(`${JSON.stringify({...synthetic('x', [80]), name: '"; touch /tmp/x; "'})}\n`);
+    await raw(`${JSON.stringify({...synthetic('x', [80]), name: '$(id)'})}\n`);
+    await raw(encodeMessage(synthetic('sshgrab', [22])));
+    await raw(encodeMessage({v: 1, kind: 'goodbye', name: 'ghost', pid: 4242}));
+    await raw(encodeMessage({v: 1, kind: 'goodbye', name: 'www', pid: 1}));
     writer.close();
 
     await waitFor('the refusals logged', () => monitor.logs().some(l => /goodbye for ghost refused: it is fenced/.test(String(l.message))) && monitor.logs().some(l => /protected port\(s\) 22/.test(String(l.message))));
