@@ -227,6 +227,9 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
 
   it('unblock lifts a fence while the disk is still frozen; status shows it; the hook sees every change', async (t: TestContext) => {
     requireRoot(t);
+    // A state directory of its own: earlier tests leave overridden reporters behind.
+    stateDir = path.join(dir, 'run-unblock');
+    fifo = path.join(stateDir, 'ebsmon.fifo');
     const hookLog = path.join(dir, 'hook.log');
     const hook = path.join(dir, 'hook.sh');
     fs.writeFileSync(hook, `#!/bin/sh\necho "$EBSMON_REPORTER $EBSMON_STATE $EBSMON_PORTS $EBSMON_REASON" >> ${hookLog}\n[ "$EBSMON_REPORTER" = slowhook ] && sleep 60\nexit 0\n`, {mode: 0o755});
@@ -292,6 +295,8 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
 
   it('unblock with no monitor running removes only ebsmon rules, and records the override', async (t: TestContext) => {
     requireRoot(t);
+    stateDir = path.join(dir, 'run-nomonitor');
+    fifo = path.join(stateDir, 'ebsmon.fifo');
     const monitor = startMonitor();
     await ready(monitor);
     send(encodeMessage(synthetic('left', [7006])));
