@@ -1,5 +1,7 @@
 import {spawn, spawnSync} from 'node:child_process';
 
+import {errnoCode} from './errors';
+
 /**
  * The one module that starts processes. Always argument arrays, never a shell:
  * a reporter name or a port can never become a command.
@@ -127,13 +129,9 @@ export function runSync(argv: ReadonlyArray<string>, options: {timeoutMs?: numbe
     signal: result.signal,
     stdout: result.stdout ?? '',
     stderr: result.stderr ?? '',
-    timedOut: result.error !== undefined && errorCode(result.error) === 'ETIMEDOUT',
+    timedOut: errnoCode(result.error) === 'ETIMEDOUT',
     spawnError: result.error?.message,
   };
-}
-
-function errorCode(error: Error): string | undefined {
-  return (error as NodeJS.ErrnoException).code;
 }
 
 export type DetachedOptions = {

@@ -4,7 +4,7 @@ import type {Logger} from '../log';
 import {RateLimitedLog} from '../log';
 import {run} from '../spawn';
 import type {RunResult} from '../spawn';
-import {FAMILIES, killSocketsArgv, matchesDesired, parseSave, removeAllText, restoreArgv, restoreText, saveArgv} from './rules';
+import {FAMILIES, fencesByName, killSocketsArgv, matchesDesired, parseSave, removeAllText, restoreArgv, restoreText, saveArgv} from './rules';
 import type {ChainState, Family, Fence} from './rules';
 
 /** A firewall tool that takes longer than this is treated as failed and retried. */
@@ -118,15 +118,19 @@ export class Fencer {
     return this.sync();
   }
 
-  has(name: string): boolean {
-    return this.desired.has(name);
+  /** Resolves when the apply in progress (which includes every change made so far) has ended; starts none. */
+  settled(): Promise<void> {
+    return this.running ?? Promise.resolve();
   }
 
-  /** Applies the desired state; resolves once an apply that includes this call's change has ended. */
+  /**
+   * Applies the desired state; resolves once an apply that includes this
+   * call's change has ended (a running loop goes round again while dirty).
+   */
   sync(): Promise<void> {
     if (this.running !== null) {
       this.dirty = true;
-      return this.running.then(() => this.running ?? Promise.resolve());
+      return this.running;
     }
     this.running = this.applyLoop().finally(() => {
       this.running = null;
@@ -204,15 +208,12 @@ export class Fencer {
       return;
     const fences = this.fences();
     let drifted = false;
-    for (const family of this.families) {
-      const state = await readChain(family);
+    for (const [family, state] of await this.inspect()) {
       if (isFailure(state)) {
         this.limited.log('warn', `read:${family}`, `cannot read the firewall (${state.what}): ${state.detail}`);
-        this.known.set(family, null);
         drifted = true;
         continue;
       }
-      this.known.set(family, state);
       if (!matchesDesired(state, fences)) {
         drifted = true;
         this.logger.warn('ebsmon rules were changed behind its back; restoring them', {family, expectedRules: fences.reduce((n, f) => n + f.ports.length, 0), foundRules: state.fences.length, jumpAtTop: state.jumpPositions[0] === 0});
@@ -266,10 +267,8 @@ export async function removeWithoutMonitor(name: string | null, families: Readon
       count = state.fences.length;
       text = state.chainExists || state.jumpPositions.length > 0 ? removeAllText(state) : null;
     } else {
-      const keep = new Map<string, Array<number>>();
-      for (const fence of state.fences)
-        if (fence.name !== name)
-          keep.set(fence.name, [...(keep.get(fence.name) ?? []), fence.port]);
+      const keep = fencesByName(state);
+      keep.delete(name);
       count = state.fences.length - [...keep.values()].reduce((n, ports) => n + ports.length, 0);
       text = count > 0 ? restoreText([...keep].map(([n, ports]) => ({name: n, ports})), state) : null;
     }

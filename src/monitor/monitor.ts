@@ -108,7 +108,7 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
       if (transition.state === 'forgotten' || transition.reason === 'first heartbeat')
         return;
       // The fence goes in first; the hook waits for that apply, and never delays it.
-      void fencer.sync().then(() => runHook(transition));
+      void fencer.settled().then(() => runHook(transition));
     },
     log: (level, message, meta) => logger.log(level, message, meta ?? {}),
     refuse: (key, message, meta) => limited.log('warn', key, message, meta),

@@ -49,14 +49,13 @@ export async function unblock(options: UnblockOptions): Promise<Array<string>> {
   const message: Unblock = options.name === null
     ? {v: 1, kind: 'unblock', all: true, pid: process.pid, user}
     : {v: 1, kind: 'unblock', name: options.name, pid: process.pid, user};
-  const writer = new FifoWriter(options.fifo);
-
   // Only ask the monitor when there is one to answer; otherwise edit our own rules.
   if (before !== null && known && fencedNames(before, options.name).length === 0 && options.name !== null) {
     const state = before.reporters.find(r => r.name === options.name)?.state;
     return [`${options.name} is ${state}: not fenced, nothing changed`];
   }
 
+  const writer = new FifoWriter(options.fifo);
   const sent = writer.send(encodeMessage(message));
   writer.close();
   if (!sent.ok && (sent.reason === 'no-reader' || sent.reason === 'no-fifo'))

@@ -64,7 +64,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   const limited = new RateLimitedLog(logger, REMINDER_MS);
   let health: Health = {state: 'starting', reason: ''};
   let seq = 0;
-  let lastSendFailed: SendResult | null = null;
+  /** Why the last send failed, or null while sends succeed: logs once per change, then reminders. */
+  let sendFailure: string | null = null;
   let failingSince = 0;
 
   logger.info('reporter starting', {name: options.name, monitor: options.monitor, ports: options.ports.join(','), fifo: options.fifo, interval: options.interval, probeTimeout: options.probeTimeout});
@@ -72,15 +73,15 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   const send = (message: Parameters<typeof encodeMessage>[0]): SendResult => {
     const result = writer.send(encodeMessage(message));
     if (result.ok) {
-      if (lastSendFailed !== null) {
+      if (sendFailure !== null) {
         logger.info('monitor reachable again: heartbeats are being delivered', {fifo: options.fifo});
-        lastSendFailed = null;
+        sendFailure = null;
         limited.forget('send');
       }
     } else {
-      if (lastSendFailed === null || lastSendFailed.ok || lastSendFailed.reason !== result.reason)
+      if (sendFailure !== result.reason)
         limited.forget('send');
-      lastSendFailed = result;
+      sendFailure = result.reason;
       limited.log('warn', 'send', `${message.kind} dropped: ${result.detail}`, {reason: result.reason});
     }
     return result;
@@ -168,8 +169,14 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
 
   // A goodbye tells the monitor to forget us instead of fencing; only say it
   // when the disk was proven healthy just now, never while a probe is stuck.
-  if (probing !== null && prober.busy)
-    await Promise.race([probing, new Promise(resolve => setTimeout(resolve, GOODBYE_WAIT_MS))]);
+  if (probing !== null && prober.busy) {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([probing, new Promise(resolve => {
+      timer = setTimeout(resolve, GOODBYE_WAIT_MS);
+    })]);
+    // Left pending, the timer would hold the event loop (and the exit) open.
+    clearTimeout(timer);
+  }
 
   if (health.state === 'healthy' && !prober.busy) {
     const result = send({v: 1, kind: 'goodbye', name: options.name, pid: process.pid});
