@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import {spawn} from 'node:child_process';
+import {spawn, spawnSync} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import {after, before, describe, it} from 'node:test';
@@ -34,6 +34,20 @@ COMMIT
 COMMIT
 `;
 const SEED_V6 = SEED_V4.replace(/\*nat[\s\S]*$/, '');
+
+/** `promtool check metrics`: Prometheus's own text-format parser and linter; '' when clean. */
+function promtool(file: string): string {
+  const result = spawnSync('promtool', ['check', 'metrics'], {input: fs.readFileSync(file), encoding: 'utf8'});
+  assert.equal(result.error, undefined, 'promtool (Debian package prometheus) is installed by make test');
+  return result.status === 0 ? '' : `exit ${result.status}: ${result.stdout}${result.stderr}`;
+}
+
+/** One sample's value from a metrics file, by its exact series name and labels. */
+function sample(file: string, series: string): number | undefined {
+  const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+  const line = text.split('\n').find(l => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
 
 describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
   let dir: string;
@@ -131,6 +145,7 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
       volume.thaw();
     }
     await waitFor('the fence lifted', () => stateOf('www') === 'healthy');
+    await waitFor('the flap in metrics.prom', () => sample(path.join(stateDir, 'metrics.prom'), 'ebsmon_reporter_flaps_total{reporter="www"}') === 1);
     assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok');
     assert.equal(await tcpTry(rig.cli, rig.srvV6, PORT), 'ok');
     assert.equal(foreignRules(rig.srv), before0, 'foreign rules untouched after');
@@ -233,11 +248,14 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     const hookLog = path.join(dir, 'hook.log');
     const hook = path.join(dir, 'hook.sh');
     fs.writeFileSync(hook, `#!/bin/sh\necho "$EBSMON_REPORTER $EBSMON_STATE $EBSMON_PORTS $EBSMON_REASON" >> ${hookLog}\n[ "$EBSMON_REPORTER" = slowhook ] && sleep 60\nexit 0\n`, {mode: 0o755});
-    const monitor = startMonitor([`--on-change=${hook}`]);
+    const textfile = path.join(dir, 'textfile', 'ebsmon.prom');
+    fs.mkdirSync(path.dirname(textfile));
+    const monitor = startMonitor([`--on-change=${hook}`, `--metrics-file=${textfile}`]);
     await ready(monitor);
     const reporter = startReporter();
     await waitFor('healthy', () => stateOf('www') === 'healthy');
     const status = (...args: Array<string>) => ebsmonOnce(['status', `--state-dir=${stateDir}`, ...args]);
+    await waitFor('healthy in the metrics', () => sample(textfile, 'ebsmon_reporter_state{reporter="www",state="healthy"}') === 1);
 
     const ok = await status('--nagios');
     assert.equal(ok.code, 0);
@@ -256,6 +274,21 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
       assert.equal(json.monitor.alive, true);
       assert.equal(json.reporters[0].state, 'fenced');
       assert.equal(typeof json.reporters[0].lastHeartbeatAgeSeconds, 'number');
+
+      // The metrics, in the state dir and at --metrics-file, pass Prometheus's own parser and linter.
+      for (const file of [path.join(stateDir, 'metrics.prom'), textfile]) {
+        await waitFor(`the fence in ${file}`, () => sample(file, 'ebsmon_reporter_state{reporter="www",state="fenced"}') === 1);
+        assert.equal(promtool(file), '');
+        assert.equal(sample(file, 'ebsmon_reporter_state{reporter="www",state="healthy"}'), 0);
+        assert.equal(sample(file, 'ebsmon_reporter_fences_total{reporter="www"}'), 1);
+        assert.equal(sample(file, 'ebsmon_reporter_flaps_total{reporter="www"}'), 0);
+        assert.ok(sample(file, 'ebsmon_reporter_last_heartbeat_age_seconds{reporter="www"}')! >= 2, 'silent for at least --timeout');
+        assert.ok(sample(file, 'ebsmon_reporter_probe_latency_seconds{reporter="www"}')! >= 0, 'a number, not NaN');
+        assert.ok(sample(file, 'ebsmon_heartbeats_total')! > 0);
+        assert.equal(sample(file, 'ebsmon_lines_rejected_total{reason="malformed"}'), 0);
+        assert.equal(sample(file, 'ebsmon_firewall_ok'), 1);
+        assert.ok(Math.abs(sample(file, 'ebsmon_monitor_pulse_timestamp_seconds')! - Date.now() / 1000) < 60);
+      }
 
       // A hook that hangs does not delay the next fence.
       send(encodeMessage(synthetic('slowhook', [7003])));
@@ -284,6 +317,11 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
       volume.thaw();
     }
     await waitFor('healthy after thaw', () => stateOf('www') === 'healthy');
+    await waitFor('healthy in the metrics again', () => sample(textfile, 'ebsmon_reporter_state{reporter="www",state="healthy"}') === 1);
+    // The fence was lifted by the operator, not by resumed heartbeats: no flap.
+    assert.equal(sample(textfile, 'ebsmon_reporter_flaps_total{reporter="www"}'), 0);
+    assert.equal(sample(textfile, 'ebsmon_reporter_fences_total{reporter="www"}'), 1);
+    assert.equal(promtool(textfile), '');
     await waitFor('the hook log', () => {
       const text = fs.existsSync(hookLog) ? fs.readFileSync(hookLog, 'utf8') : '';
       return /^www fenced 7000 no heartbeat for \d/m.test(text) && /^www overridden 7000 unblock by /m.test(text) && /^www healthy 7000 heartbeat after override/m.test(text);
