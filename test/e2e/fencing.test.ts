@@ -11,7 +11,7 @@ import type {Heartbeat} from '../../src/heartbeat';
 import {readSnapshot} from '../../src/state';
 import {FifoWriter} from '../../src/transport';
 import {HELPER, Proc, ebsmon, ebsmonOnce, scrubbedEnv, tcpTry} from '../helpers/proc';
-import {LoopVolume, Teardown, createNetRig, foreignRules, inNs, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
+import {EBSMON, LoopVolume, Teardown, createNetRig, foreignRules, inNs, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 
 const PORT = 7000;
@@ -260,6 +260,14 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     const ok = await status('--nagios');
     assert.equal(ok.code, 0);
     assert.match(ok.stdout, /^OK: 1 reporter healthy, monitor pulse \d+\.\ds ago \| reporters=1 fenced=0 overridden=0 pulse_age=/);
+    // Status needs no privilege: an unprivileged user with read access to the state dir.
+    fs.chmodSync(dir, 0o755);
+    const bundle = path.join(dir, 'ebsmon-for-nobody');
+    fs.copyFileSync(EBSMON, bundle);
+    const unprivileged = await ebsmonOnce(['status', `--state-dir=${stateDir}`, '--nagios'], {user: {name: 'nobody', bundle}});
+    assert.equal(unprivileged.stderr, '');
+    assert.equal(unprivileged.code, 0);
+    assert.match(unprivileged.stdout, /^OK: 1 reporter healthy/);
 
     volume.freeze();
     try {

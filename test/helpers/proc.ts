@@ -65,13 +65,17 @@ export function scrubbedEnv(extra: Record<string, string> = {}): NodeJS.ProcessE
   return {PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', ...extra};
 }
 
-export function ebsmon(args: Array<string>, {ns, env}: {ns?: string, env?: NodeJS.ProcessEnv} = {}): Proc {
-  const argv = [process.execPath, EBSMON, ...args];
+/** `user`: run as nobody, from a copy of the bundle it can read (a clone may sit in a private directory). */
+type RunAs = {ns?: string, env?: NodeJS.ProcessEnv, user?: {name: 'nobody', bundle: string}};
+
+export function ebsmon(args: Array<string>, {ns, env, user}: RunAs = {}): Proc {
+  const own = [process.execPath, user?.bundle ?? EBSMON, ...args];
+  const argv = user === undefined ? own : ['setpriv', `--reuid=${user.name}`, '--regid=nogroup', '--clear-groups', '--', ...own];
   const full = ns === undefined ? argv : inNs(ns, argv);
   return new Proc(spawn(full[0]!, full.slice(1), {stdio: ['ignore', 'pipe', 'pipe'], env: env ?? scrubbedEnv()}));
 }
 
-export async function ebsmonOnce(args: Array<string>, opts: {ns?: string, env?: NodeJS.ProcessEnv} = {}): Promise<{code: number | null, stdout: string, stderr: string}> {
+export async function ebsmonOnce(args: Array<string>, opts: RunAs = {}): Promise<{code: number | null, stdout: string, stderr: string}> {
   const proc = ebsmon(args, opts);
   await proc.exited;
   return {code: proc.exitCode, stdout: proc.stdout, stderr: proc.stderr};
