@@ -53,9 +53,13 @@ export class Proc {
       this.child.kill(signal);
   }
 
-  async stop(): Promise<void> {
+  async stop(graceMs = 5000): Promise<void> {
     this.kill('SIGTERM');
-    await Promise.race([this.exited, new Promise(resolve => setTimeout(resolve, 5000))]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.exited, new Promise(resolve => {
+      timer = setTimeout(resolve, graceMs);
+    })]);
+    clearTimeout(timer);
     this.kill('SIGKILL');
   }
 }
