@@ -11,22 +11,12 @@ import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
 import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
 import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
 
-type Stat = {median: number, min: number, max: number, p99?: number, n: number};
-const stat = (values: Array<number>): Stat => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
-  return {median: at(0.5), min: sorted[0]!, max: sorted.at(-1)!, p99: at(0.99), n: values.length};
-};
-const fmt = (s: Stat, unit: string, digits = 1) => `median ${s.median.toFixed(digits)} ${unit} (min ${s.min.toFixed(digits)}, max ${s.max.toFixed(digits)}, p99 ${s.p99!.toFixed(digits)}, n=${s.n})`;
-const results: Record<string, unknown> = {date: new Date().toISOString(), machine: `${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}, node ${process.version}`};
-const line = (label: string, text: string) => process.stdout.write(`${label.padEnd(48)} ${text}\n`);
+import {freezeThawCycles} from './cycles';
+import {mariadbTimeToError} from './mariadb';
+import {falseFenceSoak} from './soak';
+import {cpuTicks, fmt, line, results, rssKb, stat} from './stats';
 
-const rssKb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-const cpuTicks = (pid: number) => {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-};
+const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
 
 async function decodeThroughput(dir: string): Promise<void> {
   const runs: Array<number> = [];
@@ -81,6 +71,7 @@ async function reporterFootprint(volume: LoopVolume, dir: string, seconds: numbe
     beats += 1;
   }, onReject: () => {}});
   const reader = openFifoReader(fifo, chunk => decoder.push(chunk));
+  fs.mkdirSync(path.join(volume.mountpoint, 'bench'), {recursive: true});
   const proc = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'bench')}`, '--ports=80', `--fifo=${fifo}`, '--interval=0.1']);
   await waitFor('heartbeats', () => beats > 5);
   const rss: Array<number> = [];
@@ -105,7 +96,6 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
   const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=1', '--recover=1', '--max-reporters=10000', '--log-level=warn', '--protect-ports='], {ns: rig.srv});
   await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));
   const writer = new FifoWriter(fifo);
-  const beat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
   const count = () => {
     const out = spawnSync('ip', ['netns', 'exec', rig.srv, 'iptables', '-S', 'EBSMON'], {encoding: 'utf8'}).stdout;
     return out.split('\n').filter(l => l.includes('ebsmon:')).length;
@@ -116,7 +106,7 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
   for (let i = 0; i < 20; i++) {
     const name = `lat${i}`;
     const sentAt = performance.now();
-    writer.send(beat(name, 20000 + i));
+    writer.send(heartbeat(name, 20000 + i));
     for (;;) {
       const r = spawnSync('ip', ['netns', 'exec', rig.srv, 'iptables', '-C', 'EBSMON', '!', '-i', 'lo', '-p', 'tcp', '-m', 'tcp', '--dport', String(20000 + i), '-m', 'comment', '--comment', `ebsmon:${name}`, '-j', 'REJECT', '--reject-with', 'tcp-reset'], {stdio: 'ignore'});
       if (r.status === 0)
@@ -135,7 +125,7 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
     for (let run = 0; run < 3; run++) {
       const t0 = performance.now();
       for (let i = 0; i < n; i++) {
-        while (!writer.send(beat(`many${n}-${run}-${i}`, 30000 + i)).ok)
+        while (!writer.send(heartbeat(`many${n}-${run}-${i}`, 30000 + i)).ok)
           await new Promise(resolve => setImmediate(resolve));
       }
       await waitFor(`${n} rules`, () => count() >= n, 30_000, 10);
@@ -148,49 +138,63 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
     results[`fence${n}Ms`] = t;
   }
 
-  // 1000 reporters heartbeating at 1 Hz: the monitor's footprint, on a fresh
-  // monitor (the one above still holds every overridden reporter of the runs before).
   writer.close();
   await monitor.stop();
-  const steadyDir = path.join(dir, 'steady');
-  const steady = ebsmon(['monitor', `--fifo=${steadyDir}/ebsmon.fifo`, `--state-dir=${steadyDir}`, '--timeout=10', '--log-level=warn'], {ns: rig.srv});
-  await waitFor('the steady monitor', () => fs.existsSync(path.join(steadyDir, 'state.json')));
-  const steadyWriter = new FifoWriter(`${steadyDir}/ebsmon.fifo`);
-  const seconds = 60;
-  const monitorPid = steady.pid;
-  const c0 = cpuTicks(monitorPid);
-  const rss: Array<number> = [];
-  for (let s2 = 0; s2 < seconds; s2++) {
-    const tick = performance.now();
-    for (let i = 0; i < 1000; i++)
-      while (!steadyWriter.send(beat(`steady${i}`, 40000 + i)).ok)
-        await new Promise(resolve => setImmediate(resolve));
-    rss.push(rssKb(monitorPid) / 1024);
-    await new Promise(resolve => setTimeout(resolve, Math.max(0, 1000 - (performance.now() - tick))));
-  }
-  const cpu = (cpuTicks(monitorPid) - c0) / 100 / seconds * 100;
-  line(`monitor with 1000 reporters at 1 Hz for ${seconds} s`, `RSS max ${Math.max(...rss).toFixed(1)} MB, CPU ${cpu.toFixed(2)} % of a core`);
-  results.monitor1000 = {seconds, rssMaxMb: Math.max(...rss), cpuPercent: cpu};
-  steadyWriter.close();
-  await steady.stop();
+  for (const n of [1, 100, 1000])
+    await steadyFootprint(rig.srv, path.join(dir, `steady${n}`), n, Number(process.env.BENCH_STEADY_SECONDS ?? 60));
 }
 
+/** n reporters heartbeating at 1 Hz into a fresh monitor: its RSS and CPU. */
+async function steadyFootprint(ns: string, stateDir: string, n: number, seconds: number): Promise<void> {
+  const monitor = ebsmon(['monitor', `--fifo=${stateDir}/ebsmon.fifo`, `--state-dir=${stateDir}`, '--timeout=10', '--log-level=warn'], {ns});
+  await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));
+  const writer = new FifoWriter(`${stateDir}/ebsmon.fifo`);
+  const c0 = cpuTicks(monitor.pid);
+  const rss: Array<number> = [];
+  for (let second = 0; second < seconds; second++) {
+    const tick = performance.now();
+    for (let i = 0; i < n; i++)
+      while (!writer.send(heartbeat(`steady${i}`, 40000 + i)).ok)
+        await new Promise(resolve => setImmediate(resolve));
+    rss.push(rssKb(monitor.pid) / 1024);
+    await new Promise(resolve => setTimeout(resolve, Math.max(0, 1000 - (performance.now() - tick))));
+  }
+  const cpu = (cpuTicks(monitor.pid) - c0) / 100 / seconds * 100;
+  line(`monitor with ${n} reporter(s) at 1 Hz for ${seconds} s`, `RSS max ${Math.max(...rss).toFixed(1)} MB, CPU ${cpu.toFixed(2)} % of a core`);
+  results[`monitor${n}`] = {seconds, rssMaxMb: Math.max(...rss), cpuPercent: cpu};
+  writer.close();
+  await monitor.stop();
+}
+
+/** BENCH_ONLY=cycles,soak runs some steps; by default all of them, in this order. */
 async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebsmon-bench-'));
   const teardown = new Teardown(dir);
+  const only = (process.env.BENCH_ONLY ?? '').split(',').filter(Boolean);
+  const seconds = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
   try {
     process.stdout.write(`ebsmon benchmarks, ${results.machine as string}\n`);
-    await decodeThroughput(dir);
     const volume = LoopVolume.create(dir, teardown);
-    await probeCost(volume);
-    await reporterFootprint(volume, dir, Number(process.env.BENCH_REPORTER_SECONDS ?? 60));
-    await fencing(dir, teardown);
+    const steps: Array<[string, () => Promise<void>]> = [
+      ['decode', () => decodeThroughput(dir)],
+      ['probe', () => probeCost(volume)],
+      ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 60))],
+      ['fencing', () => fencing(dir, teardown)],
+      ['cycles', () => freezeThawCycles(volume, dir, teardown)],
+      ['mariadb', () => mariadbTimeToError(dir, teardown)],
+      ['soak', () => falseFenceSoak(dir, teardown, seconds('BENCH_SOAK_SECONDS', 300))],
+    ];
+    for (const [name, step] of steps) {
+      if (only.length === 0 || only.includes(name))
+        await step();
+    }
   } finally {
     teardown.dispose();
     fs.rmSync(dir, {recursive: true, force: true});
   }
-  fs.writeFileSync(path.join(__dirname, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  process.stdout.write('wrote bench/results.json\n');
+  const file = path.join(__dirname, only.length === 0 ? 'results.json' : 'results.partial.json');
+  fs.writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
+  process.stdout.write(`wrote ${path.relative(process.cwd(), file)}\n`);
 }
 
 void main();

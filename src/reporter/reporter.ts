@@ -126,7 +126,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
       sentAt: Date.now(),
       probeMs: round(outcome.ms),
     };
-    send(heartbeat);
+    if (send(heartbeat).ok)
+      logger.debug('heartbeat sent', {seq, probeMs: heartbeat.probeMs});
   };
 
   let probing: Promise<void> | null = null;

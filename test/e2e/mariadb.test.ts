@@ -5,13 +5,11 @@ import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {readSnapshot} from '../../src/state';
-import {MARIADB_PORT, MariaDb, SqlClient} from '../helpers/mariadb';
+import {APP_TIMEOUT_MS, MARIADB_PORT, MariaDb, SqlClient} from '../helpers/mariadb';
 import {Proc, ebsmon, tcpTry} from '../helpers/proc';
 import {LoopVolume, Teardown, createNetRig, isRoot, requireRoot, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 
-/** The application's own query timeout: what users wait without ebsmon. */
-const CLIENT_TIMEOUT_MS = 10_000;
 const TIMEOUT = 2;
 
 /** Errors that mean the connection was cut under the client (not its own timeout). */
@@ -45,7 +43,7 @@ describe('MariaDB on a frozen volume, end to end', {skip: !isRoot && (process.en
 
   const client = (firstId: number) => {
     // MariaDB 10.11 listens IPv6-only (IPV6_V6ONLY) with bind-address=::, so the application speaks IPv6.
-    const sql = new SqlClient(rig.cli, rig.srvV6, CLIENT_TIMEOUT_MS, firstId);
+    const sql = new SqlClient(rig.cli, rig.srvV6, APP_TIMEOUT_MS, firstId);
     procs.push(sql.proc);
     return sql;
   };
@@ -73,7 +71,7 @@ describe('MariaDB on a frozen volume, end to end', {skip: !isRoot && (process.en
       assert.equal(error.op, 'query');
       assert.equal(error.code, 'PROTOCOL_SEQUENCE_TIMEOUT', 'the commit hung until the application gave up');
       assert.equal(await tcpTry(rig.cli, rig.srvV6, MARIADB_PORT), 'ok', 'new clients still connect, only to hang');
-      t.diagnostic(`without ebsmon: first error ${error.t - frozenAt} ms after the freeze (client timeout ${CLIENT_TIMEOUT_MS} ms)`);
+      t.diagnostic(`without ebsmon: first error ${error.t - frozenAt} ms after the freeze (client timeout ${APP_TIMEOUT_MS} ms)`);
     } finally {
       volume.thaw();
     }

@@ -7,6 +7,8 @@ import {inNs, sh, waitFor} from './rig';
 import type {LoopVolume} from './rig';
 
 export const MARIADB_PORT = 3306;
+/** The application's own query timeout: what its users wait without ebsmon. */
+export const APP_TIMEOUT_MS = 10_000;
 
 /** Small enough for a 256 MB loop volume and a 2-core machine. */
 const SERVER_OPTIONS = ['--innodb-log-file-size=16M', '--innodb-buffer-pool-size=32M'];

@@ -1,0 +1,21 @@
+// Shared by the benchmark steps: statistics, output, and /proc readings.
+import fs from 'node:fs';
+import os from 'node:os';
+
+export type Stat = {median: number, min: number, max: number, p99?: number, n: number};
+export const stat = (values: Array<number>): Stat => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+  return {median: at(0.5), min: sorted[0]!, max: sorted.at(-1)!, p99: at(0.99), n: values.length};
+};
+export const fmt = (s: Stat, unit: string, digits = 1) => `median ${s.median.toFixed(digits)} ${unit} (min ${s.min.toFixed(digits)}, max ${s.max.toFixed(digits)}, p99 ${s.p99!.toFixed(digits)}, n=${s.n})`;
+export const results: Record<string, unknown> = {date: new Date().toISOString(), machine: `${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}, node ${process.version}`};
+export const line = (label: string, text: string) => process.stdout.write(`${label.padEnd(48)} ${text}\n`);
+
+export const rssKb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+export const cpuTicks = (pid: number) => {
+  const text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+};
+
