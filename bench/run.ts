@@ -14,7 +14,7 @@ import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
 import {freezeThawCycles} from './cycles';
 import {mariadbTimeToError} from './mariadb';
 import {falseFenceSoak} from './soak';
-import {cpuTicks, fmt, line, results, rssKb, stat} from './stats';
+import {cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
 
 const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
 
@@ -75,18 +75,27 @@ async function reporterFootprint(volume: LoopVolume, dir: string, seconds: numbe
   const proc = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'bench')}`, '--ports=80', `--fifo=${fifo}`, '--interval=0.1']);
   await waitFor('heartbeats', () => beats > 5);
   const rss: Array<number> = [];
+  const own: Array<number> = [];
   const c0 = cpuTicks(proc.pid);
   const until = Date.now() + seconds * 1000;
   while (Date.now() < until) {
     rss.push(rssKb(proc.pid) / 1024);
+    own.push(privateKb(proc.pid) / 1024);
     await new Promise(resolve => setTimeout(resolve, 1000));
   }
   const cpuShare = (cpuTicks(proc.pid) - c0) / 100 / seconds * 100;
   await proc.stop();
   reader.close();
-  line(`reporter RSS at --interval=0.1 over ${seconds} s`, `first ${rss[0]!.toFixed(1)} MB, last ${rss.at(-1)!.toFixed(1)} MB, max ${Math.max(...rss).toFixed(1)} MB`);
+  line(`reporter RSS at --interval=0.1 over ${seconds} s`, `first ${rss[0]!.toFixed(1)} MB, last ${rss.at(-1)!.toFixed(1)} MB, max ${Math.max(...rss).toFixed(1)} MB (private: max ${Math.max(...own).toFixed(1)} MB)`);
+  // For scale: node itself with an empty event loop, same flags.
+  const idle = new Proc(spawn(process.execPath, ['--max-semi-space-size=2', '-e', 'setInterval(() => {}, 1000)'], {stdio: 'ignore'}));
+  await new Promise(resolve => setTimeout(resolve, 2000));
+  const idleRss = rssKb(idle.pid) / 1024;
+  const idlePrivate = privateKb(idle.pid) / 1024;
+  await idle.stop();
+  line('  for scale: node with an empty event loop', `RSS ${idleRss.toFixed(1)} MB (private ${idlePrivate.toFixed(1)} MB)`);
   line('reporter CPU at --interval=0.1 (own process)', `${cpuShare.toFixed(2)} % of a core (dd children not included)`);
-  results.reporter = {seconds, rssFirstMb: rss[0], rssLastMb: rss.at(-1), rssMaxMb: Math.max(...rss), cpuPercentAt10Hz: cpuShare};
+  results.reporter = {seconds, rssFirstMb: rss[0], rssLastMb: rss.at(-1), rssMaxMb: Math.max(...rss), privateMaxMb: Math.max(...own), cpuPercentAt10Hz: cpuShare, idleNodeRssMb: idleRss, idleNodePrivateMb: idlePrivate};
 }
 
 async function fencing(dir: string, teardown: Teardown): Promise<void> {
@@ -151,17 +160,19 @@ async function steadyFootprint(ns: string, stateDir: string, n: number, seconds:
   const writer = new FifoWriter(`${stateDir}/ebsmon.fifo`);
   const c0 = cpuTicks(monitor.pid);
   const rss: Array<number> = [];
+  const own: Array<number> = [];
   for (let second = 0; second < seconds; second++) {
     const tick = performance.now();
     for (let i = 0; i < n; i++)
       while (!writer.send(heartbeat(`steady${i}`, 40000 + i)).ok)
         await new Promise(resolve => setImmediate(resolve));
     rss.push(rssKb(monitor.pid) / 1024);
+    own.push(privateKb(monitor.pid) / 1024);
     await new Promise(resolve => setTimeout(resolve, Math.max(0, 1000 - (performance.now() - tick))));
   }
   const cpu = (cpuTicks(monitor.pid) - c0) / 100 / seconds * 100;
-  line(`monitor with ${n} reporter(s) at 1 Hz for ${seconds} s`, `RSS max ${Math.max(...rss).toFixed(1)} MB, CPU ${cpu.toFixed(2)} % of a core`);
-  results[`monitor${n}`] = {seconds, rssMaxMb: Math.max(...rss), cpuPercent: cpu};
+  line(`monitor with ${n} reporter(s) at 1 Hz for ${seconds} s`, `RSS max ${Math.max(...rss).toFixed(1)} MB (private ${Math.max(...own).toFixed(1)} MB), CPU ${cpu.toFixed(2)} % of a core`);
+  results[`monitor${n}`] = {seconds, rssMaxMb: Math.max(...rss), privateMaxMb: Math.max(...own), cpuPercent: cpu};
   writer.close();
   await monitor.stop();
 }

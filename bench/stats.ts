@@ -12,6 +12,12 @@ export const fmt = (s: Stat, unit: string, digits = 1) => `median ${s.median.toF
 export const results: Record<string, unknown> = {date: new Date().toISOString(), machine: `${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.release()}, node ${process.version}`};
 export const line = (label: string, text: string) => process.stdout.write(`${label.padEnd(48)} ${text}\n`);
 
+/** Memory not shared with other processes (RSS also counts node's own code pages, shared by every node process). */
+export const privateKb = (pid: number) => {
+  const text = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
+  return field('Private_Clean') + field('Private_Dirty');
+};
 export const rssKb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
 export const cpuTicks = (pid: number) => {
   const text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');

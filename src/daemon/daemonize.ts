@@ -24,7 +24,8 @@ export async function daemonize(args: ReadonlyArray<string>, {logfile}: {logfile
     throw new DaemonStartError('cannot find the ebsmon script to re-run');
   const childArgs = args.filter(arg => arg !== '--daemonize');
   const out = logfile === undefined ? 'ignore' : fs.openSync(logfile, 'a', 0o640);
-  const child = spawnDetached([process.execPath, script, ...childArgs], {
+  // execArgv: the V8 flags of the shebang line (a small young generation) carry over.
+  const child = spawnDetached([process.execPath, ...process.execArgv, script, ...childArgs], {
     stdio: ['ignore', out, out, 'pipe'],
     env: {...process.env, [READY_FD_ENV]: '3'},
   });

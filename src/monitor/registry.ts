@@ -8,6 +8,8 @@ export type Clock = {
   /** epoch milliseconds */
   wall: () => number;
   setTimer: (fn: () => void, ms: number) => unknown;
+  /** Starts a pending timer's full duration over, without a new timer (one heartbeat each). */
+  refreshTimer: (handle: unknown) => void;
   clearTimer: (handle: unknown) => void;
 };
 
@@ -15,6 +17,9 @@ export const systemClock: Clock = {
   mono: () => performance.now(),
   wall: () => Date.now(),
   setTimer: (fn, ms) => setTimeout(fn, ms),
+  refreshTimer: handle => {
+    (handle as NodeJS.Timeout).refresh();
+  },
   clearTimer: handle => clearTimeout(handle as NodeJS.Timeout),
 };
 
@@ -72,8 +77,9 @@ export class Registry {
   }
 
   heartbeat(message: Heartbeat): void {
-    const refused = message.ports.filter(port => this.options.protectPorts.has(port));
-    const ports = message.ports.filter(port => !this.options.protectPorts.has(port));
+    const protect = this.options.protectPorts;
+    const refused = message.ports.some(port => protect.has(port)) ? message.ports.filter(port => protect.has(port)) : [];
+    const ports = refused.length === 0 ? message.ports : message.ports.filter(port => !protect.has(port));
     if (refused.length > 0)
       this.effects.refuse(`protect:${message.name}`, `${message.name} asked to fence protected port(s) ${refused.join(',')}: refused (--protect-ports)`, {reporter: message.name});
 
@@ -208,9 +214,12 @@ export class Registry {
     return lifted;
   }
 
+  /** Called right after a heartbeat (or adoption) set lastBeatMono to now: the deadline is a full --timeout away. */
   private arm(record: ReporterRecord): void {
-    this.clock.clearTimer(record.timer);
-    record.timer = this.clock.setTimer(() => this.expire(record), Math.max(0, record.lastBeatMono + this.options.timeoutMs - this.clock.mono()));
+    if (record.timer !== null)
+      this.clock.refreshTimer(record.timer);
+    else
+      record.timer = this.clock.setTimer(() => this.expire(record), this.options.timeoutMs);
   }
 
   private expire(record: ReporterRecord): void {

@@ -73,7 +73,8 @@ export function scrubbedEnv(extra: Record<string, string> = {}): NodeJS.ProcessE
 type RunAs = {ns?: string, env?: NodeJS.ProcessEnv, user?: {name: 'nobody', bundle: string}};
 
 export function ebsmon(args: Array<string>, {ns, env, user}: RunAs = {}): Proc {
-  const own = [process.execPath, user?.bundle ?? EBSMON, ...args];
+  // Run as an operator does: the bundle itself, so its shebang's node flags apply.
+  const own = [user?.bundle ?? EBSMON, ...args];
   const argv = user === undefined ? own : ['setpriv', `--reuid=${user.name}`, '--regid=nogroup', '--clear-groups', '--', ...own];
   const full = ns === undefined ? argv : inNs(ns, argv);
   return new Proc(spawn(full[0]!, full.slice(1), {stdio: ['ignore', 'pipe', 'pipe'], env: env ?? scrubbedEnv()}));

@@ -7,14 +7,19 @@ import type {Clock, Transition} from '../../src/monitor';
 
 class FakeClock implements Clock {
   time = 0;
-  private timers = new Map<number, {at: number, fn: () => void}>();
+  private timers = new Map<number, {at: number, ms: number, fn: () => void}>();
   private next = 1;
   mono = () => this.time;
   wall = () => 1_700_000_000_000 + this.time;
   setTimer = (fn: () => void, ms: number) => {
     const id = this.next++;
-    this.timers.set(id, {at: this.time + ms, fn});
+    this.timers.set(id, {at: this.time + ms, ms, fn});
     return id;
+  };
+  refreshTimer = (id: unknown) => {
+    const timer = this.timers.get(id as number);
+    if (timer !== undefined)
+      timer.at = this.time + timer.ms;
   };
   clearTimer = (id: unknown) => {
     this.timers.delete(id as number);
