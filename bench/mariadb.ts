@@ -3,7 +3,7 @@
 import path from 'node:path';
 
 import {readSnapshot} from '../src/state';
-import {APP_TIMEOUT_MS, MARIADB_PORT, MariaDb, SqlClient} from '../test/helpers/mariadb';
+import {APP_TIMEOUT_MS, MARIADB_PORT, MariaDb, SqlClient, freezeUnderWrites} from '../test/helpers/mariadb';
 import {ebsmon} from '../test/helpers/proc';
 import type {Proc} from '../test/helpers/proc';
 import {LoopVolume, createNetRig, waitFor} from '../test/helpers/rig';
@@ -26,18 +26,7 @@ export async function mariadbTimeToError(dir: string, teardown: Teardown, runs =
       const sql = new SqlClient(rig.cli, rig.srvV6, APP_TIMEOUT_MS, nextId);
       nextId += 1_000_000;
       procs.push(sql.proc);
-      await waitFor('writes', () => sql.acksSince(0) >= 20, 60_000);
-      const frozenAt = Date.now();
-      volume.freeze();
-      let error;
-      try {
-        error = await waitFor('the first error', () => sql.firstErrorSince(frozenAt), 60_000, 5);
-      } finally {
-        volume.thaw();
-      }
-      const thawedAt = Date.now();
-      await waitFor('writes after the thaw', () => sql.acksSince(thawedAt) >= 5, 60_000);
-      await sql.proc.stop();
+      const {error, frozenAt} = await freezeUnderWrites(volume, sql);
       return {ms: error.t - frozenAt, code: error.code ?? ''};
     };
 

@@ -14,7 +14,8 @@ import {line, results, stat} from './stats';
 const WRITERS = 2;
 
 export async function falseFenceSoak(dir: string, teardown: Teardown, seconds: number): Promise<void> {
-  const volume = LoopVolume.create(path.join(dir, 'soak'), teardown, 512);
+  // Direct I/O on the loop device: the load's fsyncs reach this machine's disk.
+  const volume = LoopVolume.create(path.join(dir, 'soak'), teardown, 512, {directIo: true});
   const watched = path.join(volume.mountpoint, 'data');
   fs.mkdirSync(watched);
   const stateDir = path.join(dir, 'soak', 'run');

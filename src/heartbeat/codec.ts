@@ -56,9 +56,13 @@ export function decodeLine(line: Buffer | string): DecodeResult {
   if (typeof kind !== 'string' || !Object.prototype.hasOwnProperty.call(messageValidators, kind))
     return {ok: false, rejection: {reason: 'kind', detail: `unknown kind ${JSON.stringify(kind)?.slice(0, 40)}`}};
 
-  const errors: Array<string> = [];
-  if (!messageValidators[kind as MessageKind](value, {errors}))
+  const validator = messageValidators[kind as MessageKind];
+  // The common case checks without collecting errors; only a rejected line pays for the details.
+  if (!validator(value)) {
+    const errors: Array<string> = [];
+    validator(value, {errors});
     return {ok: false, rejection: {reason: classify(errors), detail: errors.join('; ').slice(0, 200)}};
+  }
 
   return {ok: true, message: value as Message};
 }

@@ -1,5 +1,7 @@
 import * as t from 'typanion';
 
+import {isDistinctArray, isExactObject, isNumberWhere, isStringWhere} from './lean';
+
 export const PROTOCOL_VERSION = 1;
 /** Largest line, newline included: a write of at most PIPE_BUF bytes to a FIFO is atomic (pipe(7)). */
 export const MAX_LINE_BYTES = 4096;
@@ -7,16 +9,17 @@ export const MAX_PORTS = 64;
 
 export const NAME_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 
-export const isName = t.cascade(t.isString(), [t.matchesRegExp(NAME_PATTERN)]);
-export const isPort = t.cascade(t.isNumber(), [t.isInteger(), t.isInInclusiveRange(1, 65535)]);
-export const isPortList = t.cascade(t.isArray(isPort), [t.hasMinLength(1), t.hasMaxLength(MAX_PORTS), t.hasUniqueItems()]);
-export const isPid = t.cascade(t.isNumber(), [t.isInteger(), t.isAtLeast(1)]);
+// The hot fields of every heartbeat use the lean validators (see lean.ts).
+export const isName = isStringWhere('1-64 characters of A-Z a-z 0-9 . _ -', text => NAME_PATTERN.test(text));
+export const isPort = isNumberWhere('a port, an integer from 1 to 65535', n => Number.isInteger(n) && n >= 1 && n <= 65535);
+export const isPortList = isDistinctArray(isPort, {min: 1, max: MAX_PORTS});
+export const isPid = isNumberWhere('a pid, an integer of at least 1', n => Number.isInteger(n) && n >= 1);
 /** Durations are seconds; zero or negative would make a deadline meaningless. */
-export const isSeconds = t.cascade(t.isNumber(), [t.isAtLeast(0.001), t.isAtMost(86400)]);
-const isCount = t.cascade(t.isNumber(), [t.isInteger(), t.isAtLeast(0)]);
-const isEpochMs = t.cascade(t.isNumber(), [t.isAtLeast(0)]);
+export const isSeconds = isNumberWhere('seconds, from 0.001 to 86400', n => n >= 0.001 && n <= 86400);
+const isCount = isNumberWhere('an integer of at least 0', n => Number.isInteger(n) && n >= 0);
+const isNonNegative = isNumberWhere('a number of at least 0', n => n >= 0);
 
-export const isHeartbeat = t.isObject({
+export const isHeartbeat = isExactObject({
   v: t.isLiteral(PROTOCOL_VERSION),
   kind: t.isLiteral('heartbeat'),
   name: isName,
@@ -25,11 +28,11 @@ export const isHeartbeat = t.isObject({
   interval: isSeconds,
   probeTimeout: isSeconds,
   seq: isCount,
-  sentAt: isEpochMs,
-  probeMs: t.cascade(t.isNumber(), [t.isAtLeast(0)]),
+  sentAt: isNonNegative,
+  probeMs: isNonNegative,
 });
 
-export const isGoodbye = t.isObject({
+export const isGoodbye = isExactObject({
   v: t.isLiteral(PROTOCOL_VERSION),
   kind: t.isLiteral('goodbye'),
   name: isName,
@@ -38,7 +41,7 @@ export const isGoodbye = t.isObject({
 
 const isUser = t.cascade(t.isString(), [t.hasMaxLength(64)]);
 
-export const isUnblockOne = t.isObject({
+export const isUnblockOne = isExactObject({
   v: t.isLiteral(PROTOCOL_VERSION),
   kind: t.isLiteral('unblock'),
   name: isName,
@@ -46,7 +49,7 @@ export const isUnblockOne = t.isObject({
   user: isUser,
 });
 
-export const isUnblockAll = t.isObject({
+export const isUnblockAll = isExactObject({
   v: t.isLiteral(PROTOCOL_VERSION),
   kind: t.isLiteral('unblock'),
   all: t.isLiteral(true),

@@ -5,7 +5,7 @@ import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {readSnapshot} from '../../src/state';
-import {APP_TIMEOUT_MS, MARIADB_PORT, MariaDb, SqlClient} from '../helpers/mariadb';
+import {APP_TIMEOUT_MS, MARIADB_PORT, MariaDb, SqlClient, freezeUnderWrites} from '../helpers/mariadb';
 import {Proc, ebsmon, tcpTry} from '../helpers/proc';
 import {LoopVolume, Teardown, createNetRig, isRoot, requireRoot, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
@@ -47,13 +47,6 @@ describe('MariaDB on a frozen volume, end to end', {skip: !isRoot && (process.en
     procs.push(sql.proc);
     return sql;
   };
-  const writing = async (sql: SqlClient, since: number, what: string) => {
-    try {
-      await waitFor(what, () => sql.acksSince(since) >= 20, 60_000);
-    } catch (error) {
-      throw new Error(`${(error as Error).message}; the client said: ${sql.proc.stdout.slice(-500)}${sql.proc.stderr.slice(-1000)}`);
-    }
-  };
   const nothingLost = (sql: SqlClient) => {
     const present = db.rows();
     const lost = sql.acked().filter(id => !present.has(id));
@@ -63,21 +56,12 @@ describe('MariaDB on a frozen volume, end to end', {skip: !isRoot && (process.en
   it('control run without ebsmon: every commit hangs until the client\'s own timeout while MariaDB keeps accepting connections', async (t: TestContext) => {
     requireRoot(t);
     const sql = client(1);
-    await writing(sql, 0, 'the client writing');
-    const frozenAt = Date.now();
-    volume.freeze();
-    try {
-      const error = await waitFor('the client\'s first error', () => sql.firstErrorSince(frozenAt), 60_000);
+    await freezeUnderWrites(volume, sql, async (error, frozenAt) => {
       assert.equal(error.op, 'query');
       assert.equal(error.code, 'PROTOCOL_SEQUENCE_TIMEOUT', 'the commit hung until the application gave up');
       assert.equal(await tcpTry(rig.cli, rig.srvV6, MARIADB_PORT), 'ok', 'new clients still connect, only to hang');
       t.diagnostic(`without ebsmon: first error ${error.t - frozenAt} ms after the freeze (client timeout ${APP_TIMEOUT_MS} ms)`);
-    } finally {
-      volume.thaw();
-    }
-    const thawedAt = Date.now();
-    await writing(sql, thawedAt, 'writes after the thaw');
-    await sql.proc.stop();
+    });
     nothingLost(sql);
   });
 
@@ -100,11 +84,7 @@ describe('MariaDB on a frozen volume, end to end', {skip: !isRoot && (process.en
     await waitFor('the reporter healthy', () => stateOf() === 'healthy');
 
     const sql = client(1_000_000);
-    await writing(sql, 0, 'the client writing');
-    const frozenAt = Date.now();
-    volume.freeze();
-    try {
-      const error = await waitFor('the client\'s first error', () => sql.firstErrorSince(frozenAt), 60_000);
+    await freezeUnderWrites(volume, sql, async (error, frozenAt) => {
       assert.equal(error.op, 'query');
       assert.match(error.code ?? '', CUT, 'the hung commit was cut by the fence, not left to the client\'s timeout');
       assert.equal(stateOf(), 'fenced');
@@ -112,13 +92,8 @@ describe('MariaDB on a frozen volume, end to end', {skip: !isRoot && (process.en
       const refused = await waitFor('the client\'s reconnect refused', () => sql.events().find(e => e.t >= frozenAt && e.op === 'connect'));
       assert.equal(refused.code, 'ECONNREFUSED', 'the application fails fast');
       t.diagnostic(`with ebsmon --timeout=${TIMEOUT}: first error ${error.t - frozenAt} ms after the freeze (${error.code})`);
-    } finally {
-      volume.thaw();
-    }
-    const thawedAt = Date.now();
-    await waitFor('the fence lifted', () => stateOf() === 'healthy');
-    await writing(sql, thawedAt, 'writes after the thaw');
-    await sql.proc.stop();
+    });
+    assert.equal(stateOf(), 'healthy', 'writes resumed, so the fence was lifted');
     nothingLost(sql);
     await reporter.stop();
     await monitor.stop();

@@ -87,3 +87,33 @@ export class SqlClient {
     return this.events().find(e => e.ev === 'error' && e.t >= t);
   }
 }
+
+/** Waits for `count` acknowledged commits at or after `since`; on timeout, says what the client saw. */
+export async function writes(sql: SqlClient, since: number, what: string, count = 20): Promise<void> {
+  try {
+    await waitFor(what, () => sql.acksSince(since) >= count, 60_000);
+  } catch (error) {
+    throw new Error(`${(error as Error).message}; the client said: ${sql.proc.stdout.slice(-500)}${sql.proc.stderr.slice(-1000)}`);
+  }
+}
+
+/**
+ * The user's story once: the client is writing, the volume freezes, the client
+ * sees its first error; `whileFrozen` runs before the thaw (always done); then
+ * writes resume and the client is stopped.
+ */
+export async function freezeUnderWrites(volume: LoopVolume, sql: SqlClient, whileFrozen: (error: SqlEvent, frozenAt: number) => Promise<void> = async () => {}): Promise<{error: SqlEvent, frozenAt: number}> {
+  await writes(sql, 0, 'the client writing');
+  const frozenAt = Date.now();
+  volume.freeze();
+  let error: SqlEvent;
+  try {
+    error = await waitFor('the client\'s first error', () => sql.firstErrorSince(frozenAt), 60_000, 5);
+    await whileFrozen(error, frozenAt);
+  } finally {
+    volume.thaw();
+  }
+  await writes(sql, Date.now(), 'writes after the thaw');
+  await sql.proc.stop();
+  return {error, frozenAt};
+}

@@ -109,13 +109,14 @@ export class LoopVolume {
   private constructor(readonly image: string, readonly device: string, readonly mountpoint: string) {
   }
 
-  static create(dir: string, teardown: Teardown, sizeMb = 64): LoopVolume {
+  /** directIo: the loop device bypasses the page cache of its backing file, so an fsync reaches the real disk. */
+  static create(dir: string, teardown: Teardown, sizeMb = 64, {directIo = false}: {directIo?: boolean} = {}): LoopVolume {
     const image = path.join(dir, 'volume.img');
     const mountpoint = path.join(dir, 'mnt');
     fs.mkdirSync(mountpoint, {recursive: true});
     sh(['truncate', '-s', `${sizeMb}M`, image]);
     sh(['mkfs.ext4', '-q', '-F', image]);
-    const device = sh(['losetup', '-f', '--show', image]).trim();
+    const device = sh(['losetup', '-f', '--show', ...(directIo ? ['--direct-io=on'] : []), image]).trim();
     teardown.add(['losetup', '-d', device]);
     sh(['mount', device, mountpoint]);
     teardown.add(['umount', '-l', mountpoint]);
