@@ -14,7 +14,7 @@ const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'he
   const rig = createNetRig(td);
   const n = Number(process.argv[2]); const seconds = Number(process.argv[3]);
   const stateDir = path.join(dir, 's');
-  const monitor = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, ...(process.env.NODE_OPTS ?? '').split(' ').filter(Boolean), EBSMON, 'monitor', `--fifo=${stateDir}/ebsmon.fifo`, `--state-dir=${stateDir}`, '--timeout=10', '--log-level=warn'], {stdio: ['ignore', 'pipe', 'pipe'], env: scrubbedEnv({MEMOUT: '/tmp/rss/monout', MEMAT: '18000'})}));
+  const monitor = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, ...(process.env.NODE_OPTS ?? '').split(' ').filter(Boolean), EBSMON, 'monitor', `--fifo=${stateDir}/ebsmon.fifo`, `--state-dir=${stateDir}`, '--timeout=10', '--log-level=warn'], {stdio: ['ignore', 'pipe', 'pipe'], env: scrubbedEnv({MEMOUT: '/tmp/rss/monout', MEMAT: '18000', ...(process.env.MEMOUT2 ? {MEMOUT: process.env.MEMOUT2} : {}), ...(process.env.ARENA ? {MALLOC_ARENA_MAX: process.env.ARENA} : {})})}));
   await waitFor('m', () => fs.existsSync(path.join(stateDir, 'state.json')));
   const w = new FifoWriter(`${stateDir}/ebsmon.fifo`);
   let max = 0;
@@ -26,5 +26,5 @@ const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'he
   }
   const sm = fs.readFileSync(`/proc/${monitor.pid}/smaps_rollup`, 'utf8');
   console.log(`opts=[${process.env.NODE_OPTS ?? ''}] n=${n} rss max ${max.toFixed(1)} MB; ${/Private_Dirty:\s+(\d+)/.exec(sm)![1]} kB private dirty`);
-  fs.writeFileSync('/tmp/rss/gc.log', monitor.stdout); w.close(); await monitor.stop(); td.dispose(); fs.rmSync(dir, {recursive: true});
+  fs.writeFileSync('/tmp/rss/gc.log', monitor.stdout); fs.writeFileSync('/tmp/rss/pmap', require('child_process').execSync('pmap -x ' + monitor.pid + '; cat /proc/' + monitor.pid + '/smaps_rollup; ls /proc/' + monitor.pid + '/task | wc -l').toString()); w.close(); await monitor.stop(); td.dispose(); fs.rmSync(dir, {recursive: true});
 })();

@@ -126,7 +126,8 @@ export class Registry {
     const gap = now - record.lastBeatMono;
     const portsChanged = !samePorts(record.ports, ports);
     record.pid = message.pid;
-    record.ports = ports;
+    if (portsChanged)
+      record.ports = ports;
     record.lastBeatMono = now;
     record.lastHeartbeatAt = this.clock.wall();
     record.lastProbeMs = message.probeMs;
