@@ -76,8 +76,9 @@ async function probeCost(volume: LoopVolume): Promise<void> {
   results.probeMs = s;
 }
 
-async function reporterFootprint(volume: LoopVolume, dir: string, seconds: number): Promise<void> {
-  const fifo = path.join(dir, 'rep.fifo');
+/** A reporter heartbeating into a FIFO the bench reads: its memory over time and its CPU, dd included. */
+async function reporterRun(volume: LoopVolume, dir: string, interval: number, seconds: number, sample: (pid: number) => void = () => {}): Promise<{beats: number, ownTicks: number, allTicks: number}> {
+  const fifo = path.join(dir, `rep-${interval}.fifo`);
   ensureFifo(fifo);
   let beats = 0;
   const decoder = new LineDecoder({onMessage: () => {
@@ -85,21 +86,33 @@ async function reporterFootprint(volume: LoopVolume, dir: string, seconds: numbe
   }, onReject: () => {}});
   const reader = openFifoReader(fifo, chunk => decoder.push(chunk));
   fs.mkdirSync(path.join(volume.mountpoint, 'bench'), {recursive: true});
-  const proc = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'bench')}`, '--ports=80', `--fifo=${fifo}`, '--interval=0.1']);
-  await waitFor('heartbeats', () => beats > 5);
-  const rss: Array<number> = [];
-  const own: Array<number> = [];
-  const c0 = cpuTicks(proc.pid);
+  const proc = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'bench')}`, '--ports=80', `--fifo=${fifo}`, `--interval=${interval}`]);
+  await waitFor('heartbeats', () => beats > 2);
+  const beats0 = beats;
+  const own0 = cpuTicks(proc.pid);
+  const all0 = cpuTicks(proc.pid, {children: true});
   const until = Date.now() + seconds * 1000;
   while (Date.now() < until) {
-    rss.push(rssKb(proc.pid) / 1024);
-    own.push(privateKb(proc.pid) / 1024);
+    sample(proc.pid);
     await new Promise(resolve => setTimeout(resolve, 1000));
   }
-  const cpuShare = (cpuTicks(proc.pid) - c0) / 100 / seconds * 100;
+  const result = {beats: beats - beats0, ownTicks: cpuTicks(proc.pid) - own0, allTicks: cpuTicks(proc.pid, {children: true}) - all0};
   await proc.stop();
   reader.close();
-  line(`reporter RSS at --interval=0.1 over ${seconds} s`, `first ${rss[0]!.toFixed(1)} MB, last ${rss.at(-1)!.toFixed(1)} MB, max ${Math.max(...rss).toFixed(1)} MB (private: max ${Math.max(...own).toFixed(1)} MB)`);
+  return result;
+}
+
+async function reporterFootprint(volume: LoopVolume, dir: string, seconds: number): Promise<void> {
+  const rss: Array<number> = [];
+  const own: Array<number> = [];
+  const fast = await reporterRun(volume, dir, 0.1, seconds, pid => {
+    rss.push(rssKb(pid) / 1024);
+    own.push(privateKb(pid) / 1024);
+  });
+  // Growth: the last minute against the first full minute.
+  const minute = (from: number) => Math.max(...rss.slice(from, from + 60));
+  const growth = minute(Math.max(0, rss.length - 60)) - minute(Math.min(60, Math.max(0, rss.length - 60)));
+  line(`reporter RSS at --interval=0.1 over ${seconds} s`, `first ${rss[0]!.toFixed(1)} MB, last ${rss.at(-1)!.toFixed(1)} MB, max ${Math.max(...rss).toFixed(1)} MB, last minute vs second minute ${growth >= 0 ? '+' : ''}${growth.toFixed(1)} MB (private max ${Math.max(...own).toFixed(1)} MB)`);
   // For scale: node itself with an empty event loop, same flags.
   const idle = new Proc(spawn(process.execPath, ['--max-semi-space-size=2', '-e', 'setInterval(() => {}, 1000)'], {stdio: 'ignore'}));
   await new Promise(resolve => setTimeout(resolve, 2000));
@@ -107,8 +120,14 @@ async function reporterFootprint(volume: LoopVolume, dir: string, seconds: numbe
   const idlePrivate = privateKb(idle.pid) / 1024;
   await idle.stop();
   line('  for scale: node with an empty event loop', `RSS ${idleRss.toFixed(1)} MB (private ${idlePrivate.toFixed(1)} MB)`);
-  line('reporter CPU at --interval=0.1 (own process)', `${cpuShare.toFixed(2)} % of a core (dd children not included)`);
-  results.reporter = {seconds, rssFirstMb: rss[0], rssLastMb: rss.at(-1), rssMaxMb: Math.max(...rss), privateMaxMb: Math.max(...own), cpuPercentAt10Hz: cpuShare, idleNodeRssMb: idleRss, idleNodePrivateMb: idlePrivate};
+  const perProbeMs = fast.allTicks * 10 / fast.beats;
+  line('reporter CPU per probe (reporter + dd children)', `${perProbeMs.toFixed(2)} ms (${fast.beats} probes at --interval=0.1)`);
+  line('reporter CPU at --interval=0.1', `${(fast.ownTicks / seconds).toFixed(2)} % of a core own, ${(fast.allTicks / seconds).toFixed(2)} % with dd`);
+  const slow = await reporterRun(volume, dir, 1, 60);
+  line('reporter CPU at the default --interval=1, 60 s', `${(slow.ownTicks / 60).toFixed(2)} % of a core own, ${(slow.allTicks / 60).toFixed(2)} % with dd`);
+  results.reporter = {seconds, rssFirstMb: rss[0], rssLastMb: rss.at(-1), rssMaxMb: Math.max(...rss), rssGrowthLastMinuteMb: growth, privateMaxMb: Math.max(...own),
+    cpuMsPerProbe: perProbeMs, cpuPercentAt10Hz: fast.ownTicks / seconds, cpuPercentAt10HzWithDd: fast.allTicks / seconds,
+    cpuPercentAt1Hz: slow.ownTicks / 60, cpuPercentAt1HzWithDd: slow.allTicks / 60, idleNodeRssMb: idleRss, idleNodePrivateMb: idlePrivate};
 }
 
 async function fencing(dir: string, teardown: Teardown): Promise<void> {
@@ -202,7 +221,7 @@ async function main(): Promise<void> {
     const steps: Array<[string, () => Promise<void>]> = [
       ['decode', () => decodeThroughput(dir)],
       ['probe', () => probeCost(volume)],
-      ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 60))],
+      ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 600))],
       ['fencing', () => fencing(dir, teardown)],
       ['cycles', () => freezeThawCycles(volume, dir, teardown)],
       ['mariadb', () => mariadbTimeToError(dir, teardown)],

@@ -19,9 +19,10 @@ export const privateKb = (pid: number) => {
   return field('Private_Clean') + field('Private_Dirty');
 };
 export const rssKb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-export const cpuTicks = (pid: number) => {
+/** CPU ticks (1/100 s) of the process; with children, also of its reaped children (the probe's dd). */
+export const cpuTicks = (pid: number, {children = false}: {children?: boolean} = {}) => {
   const text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
+  return Number(fields[11]) + Number(fields[12]) + (children ? Number(fields[13]) + Number(fields[14]) : 0);
 };
 
