@@ -1,9 +1,17 @@
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import {PassThrough} from 'node:stream';
 import {describe, it} from 'node:test';
 
+import {dir as tmpDir} from 'tmp-promise';
+
 import {runCli} from '../../commands/cli';
+import {LineDecoder} from '../../src/heartbeat';
+import type {Message} from '../../src/heartbeat';
+import {writeSnapshot} from '../../src/state';
+import {ensureFifo, openFifoReader} from '../../src/transport';
 import {ebsmonOnce} from '../helpers/proc';
+import {waitFor} from '../helpers/rig';
 
 async function run(argv: Array<string>) {
   const stdout = new PassThrough();
@@ -87,5 +95,33 @@ describe('the built dist/ebsmon', () => {
     assert.equal(result.code, 2);
     assert.equal(result.stdout, '');
     assert.match(result.stderr, /Invalid value for --timeout: expected a positive number of seconds, e\.g\. 0\.5 \(got "-1"\)/);
+  });
+
+  it('unblock exits 1, naming the reporter, when a monitor reads the request but the fence stays', async () => {
+    const {path: dir, cleanup} = await tmpDir({unsafeCleanup: true});
+    try {
+      // A reader that never acts on what it reads, and a fresh snapshot saying www is fenced.
+      const fifo = path.join(dir, 'ebsmon.fifo');
+      ensureFifo(fifo);
+      const lines: Array<Message> = [];
+      const decoder = new LineDecoder({onMessage: m => lines.push(m), onReject: () => {}});
+      const reader = openFifoReader(fifo, chunk => decoder.push(chunk));
+      const now = Date.now();
+      writeSnapshot(dir, {v: 1, monitor: {pid: process.pid, startedAt: now, writtenAt: now, timeout: 10, recover: 3, protectPorts: [22], heartbeats: 1, linesRejected: {}, firewallOk: true},
+        reporters: [{name: 'www', pid: 1, ports: [80], state: 'fenced', lastHeartbeatAt: now - 20_000, fencedSince: now - 10_000, overriddenAt: null, overriddenBy: null,
+          fenceCount: 1, flapCount: 0, heartbeats: 1, lastProbeMs: 1, interval: 1, probeTimeout: 3, reason: 'no heartbeat for 10.0 s'}]});
+      try {
+        const result = await ebsmonOnce(['unblock', '--reporter=www', `--fifo=${fifo}`, `--state-dir=${dir}`, '--wait=0.5']);
+        assert.equal(result.code, 1);
+        assert.equal(result.stdout, '');
+        assert.match(result.stderr, /the monitor has not lifted the fence of www within 0\.5 s \(still fenced in its snapshot\); see its log\n$/);
+        await waitFor('the request read', () => lines.length === 1);
+        assert.deepEqual({...lines[0], pid: 0, user: ''}, {v: 1, kind: 'unblock', name: 'www', pid: 0, user: ''});
+      } finally {
+        reader.close();
+      }
+    } finally {
+      await cleanup();
+    }
   });
 });
