@@ -82,8 +82,11 @@ export class Teardown {
   private readonly crashKills: Array<number> = [];
 
   private write(): void {
-    const quote = (argv: Array<string>) => `${argv.map(a => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')} >/dev/null 2>&1`;
-    const lines = ['#!/bin/bash', ...(this.crashKills ?? []).map(pid => quote(['kill', '-9', String(pid)])), ...[...this.steps].reverse().map(quote)];
+    const word = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+    const quote = (argv: Array<string>) => `${argv.map(word).join(' ')} >/dev/null 2>&1`;
+    const lines = ['#!/bin/bash', ...this.crashKills.map(pid => quote(['kill', '-9', String(pid)])), ...[...this.steps].reverse().map(quote),
+      // Last, the test's own temporary directory, unless something is still mounted inside it.
+      `grep -qF ${word(` ${this.dir}/`)} /proc/mounts || rm -rf ${word(this.dir)}`];
     fs.writeFileSync(this.script, `${lines.join('\n')}\n`);
   }
 
