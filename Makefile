@@ -2,15 +2,15 @@
 # they need on a fresh Debian machine (as root): system tools, then npm ci.
 SHELL := /bin/bash
 NODE_TEST := node --import tsx --test --test-reporter=spec
-# prometheus: for promtool, the reference parser of metrics.prom in the tests.
-# mariadb-server, mariadb-client: the end-to-end test starts its own mysqld.
-SYSTEM_TOOLS := iptables iproute2 util-linux e2fsprogs coreutils procps systemd \
-	prometheus mariadb-server mariadb-client
+SYSTEM_TOOLS := iptables iproute2 util-linux e2fsprogs coreutils procps systemd
+# For the tests and the bench only: promtool (package prometheus) checks
+# metrics.prom; the MariaDB end-to-end test starts its own mariadbd.
+TEST_TOOLS := prometheus mariadb-server mariadb-client
 UNIT := $(wildcard test/unit/*.test.ts)
 COMMANDS := $(wildcard test/commands/*.test.ts)
 E2E := $(wildcard test/e2e/*.test.ts)
 
-.PHONY: all build deps system-deps typecheck lint test test-unit test-e2e bench demo clean
+.PHONY: all build deps system-deps test-deps typecheck lint test test-unit test-e2e bench demo clean
 
 all: build
 
@@ -20,11 +20,13 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 deps: node_modules/.package-lock.json
 
-# A policy-rc.d (only for the install, only if none exists) keeps apt from
-# starting Debian's MariaDB and Prometheus as system services: the tests start
-# their own, in their own namespaces.
-system-deps:
-	@missing=""; for p in $(SYSTEM_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the Debian packages of $(1) that are missing. A policy-rc.d (only for
+# the install, only if none exists) keeps apt from starting Debian's MariaDB and
+# Prometheus as system services: the tests start their own, in their own namespaces.
+define apt_install
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
@@ -33,6 +35,13 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  rc=$$?; [ -z "$$guard" ] || rm -f $$guard; exit $$rc; \
 	fi
+endef
+
+system-deps:
+	$(call apt_install,$(SYSTEM_TOOLS))
+
+test-deps: system-deps
+	$(call apt_install,$(TEST_TOOLS))
 
 build: deps
 	node esbuild.config.mjs
@@ -43,13 +52,13 @@ typecheck: deps
 lint: deps
 	node test/helpers/lint.mjs
 
-test: system-deps build typecheck lint
+test: test-deps build typecheck lint
 	$(NODE_TEST) --test-concurrency=1 $(UNIT) $(COMMANDS) $(E2E)
 
 test-unit: build
 	$(NODE_TEST) $(UNIT) $(COMMANDS)
 
-bench: system-deps build
+bench: test-deps build
 	node --import tsx bench/run.ts
 
 demo: system-deps build
