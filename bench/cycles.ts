@@ -4,8 +4,7 @@ import {spawn} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import {readSnapshot} from '../src/state';
-import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
+import {HELPER, Proc, ebsmon, reporterIn} from '../test/helpers/proc';
 import {createNetRig, waitFor} from '../test/helpers/rig';
 import type {LoopVolume, Teardown} from '../test/helpers/rig';
 
@@ -29,14 +28,8 @@ export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown
   procs.push(server);
   const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${TIMEOUT}`, `--recover=${RECOVER}`, '--log-level=info'], {ns: rig.srv});
   procs.push(monitor);
-  const lastHeartbeatAt = () => readSnapshot(stateDir)?.reporters.find(r => r.name === 'cycles')?.lastHeartbeatAt ?? NaN;
-  const stateOf = () => {
-    try {
-      return readSnapshot(stateDir)?.reporters.find(r => r.name === 'cycles')?.state;
-    } catch {
-      return undefined;
-    }
-  };
+  const lastHeartbeatAt = () => reporterIn(stateDir, 'cycles')?.lastHeartbeatAt ?? NaN;
+  const stateOf = () => reporterIn(stateDir, 'cycles')?.state;
   try {
     await waitFor('the server', () => server.stdout.includes('listening'));
     await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));

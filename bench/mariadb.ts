@@ -4,7 +4,7 @@ import path from 'node:path';
 
 import {readSnapshot} from '../src/state';
 import {APP_TIMEOUT_MS, MARIADB_PORT, MariaDb, SqlClient, freezeUnderWrites} from '../test/helpers/mariadb';
-import {ebsmon} from '../test/helpers/proc';
+import {ebsmon, reporterIn} from '../test/helpers/proc';
 import type {Proc} from '../test/helpers/proc';
 import {LoopVolume, createNetRig, waitFor} from '../test/helpers/rig';
 import type {Teardown} from '../test/helpers/rig';
@@ -41,7 +41,7 @@ export async function mariadbTimeToError(dir: string, teardown: Teardown, runs =
     await waitFor('the monitor', () => readSnapshot(stateDir) !== null);
     const reporter = ebsmon(['report', `--monitor=${db.datadir}`, `--ports=${MARIADB_PORT}`, '--name=mariadb', `--fifo=${fifo}`, '--interval=0.5', '--probe-timeout=1']);
     procs.push(reporter);
-    const healthy = () => readSnapshot(stateDir)?.reporters.find(r => r.name === 'mariadb')?.state === 'healthy';
+    const healthy = () => reporterIn(stateDir, 'mariadb')?.state === 'healthy';
     const withEbsmon: Array<number> = [];
     const codes = new Set<string>();
     for (let run = 0; run < runs; run++) {

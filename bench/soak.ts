@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {readSnapshot} from '../src/state';
-import {Proc, ebsmon} from '../test/helpers/proc';
+import {Proc, ebsmon, reporterIn} from '../test/helpers/proc';
 import {LoopVolume, waitFor} from '../test/helpers/rig';
 import type {Teardown} from '../test/helpers/rig';
 
@@ -28,7 +28,7 @@ export async function falseFenceSoak(dir: string, teardown: Teardown, seconds: n
     await waitFor('the monitor', () => readSnapshot(stateDir) !== null);
     const reporter = ebsmon(['report', `--monitor=${watched}`, '--ports=7200', `--fifo=${fifo}`, '--log-level=debug']);
     procs.push(reporter);
-    const record = () => readSnapshot(stateDir)?.reporters.find(r => r.name === 'data');
+    const record = () => reporterIn(stateDir, 'data');
     await waitFor('healthy', () => record()?.state === 'healthy');
     const loads = Array.from({length: WRITERS}, (_, i) => new Proc(spawn(process.execPath, [path.join(__dirname, 'loadgen.mjs'), path.join(watched, `load${i}`)], {stdio: ['ignore', 'pipe', 'pipe']})));
     procs.push(...loads);

@@ -16,8 +16,8 @@ export const isPortList = isDistinctArray(isPort, {min: 1, max: MAX_PORTS});
 export const isPid = isNumberWhere('a pid, an integer of at least 1', n => Number.isInteger(n) && n >= 1);
 /** Durations are seconds; zero or negative would make a deadline meaningless. */
 export const isSeconds = isNumberWhere('seconds, from 0.001 to 86400', n => n >= 0.001 && n <= 86400);
-const isCount = isNumberWhere('an integer of at least 0', n => Number.isInteger(n) && n >= 0);
-const isNonNegative = isNumberWhere('a number of at least 0', n => n >= 0);
+export const isCount = isNumberWhere('an integer of at least 0', n => Number.isInteger(n) && n >= 0);
+export const isNonNegative = isNumberWhere('a number of at least 0', n => n >= 0);
 
 export const isHeartbeat = isExactObject({
   v: t.isLiteral(PROTOCOL_VERSION),

@@ -4,7 +4,7 @@ import * as t from 'typanion';
 
 import {SnapshotError, errnoCode} from '../errors';
 import {REJECT_REASONS} from '../heartbeat';
-import {isName, isPid, isPort} from '../heartbeat/schema';
+import {isCount, isName, isNonNegative, isPid, isPort} from '../heartbeat/schema';
 
 export const DEFAULT_STATE_DIR = '/run/ebsmon';
 export const SNAPSHOT_FILE = 'state.json';
@@ -17,8 +17,8 @@ export const REPORTER_STATES = ['healthy', 'fenced', 'overridden'] as const;
 export const isReporterState = t.isEnum(REPORTER_STATES);
 export type ReporterState = t.InferType<typeof isReporterState>;
 
-const isCount = t.cascade(t.isNumber(), [t.isInteger(), t.isAtLeast(0)]);
-const isEpochMs = t.cascade(t.isNumber(), [t.isAtLeast(0)]);
+/** Epoch milliseconds: the wire schema's non-negative number. */
+const isEpochMs = isNonNegative;
 
 export const isReporterSnapshot = t.isObject({
   name: isName,

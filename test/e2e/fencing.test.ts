@@ -10,7 +10,7 @@ import {encodeMessage} from '../../src/heartbeat';
 import type {Heartbeat} from '../../src/heartbeat';
 import {readSnapshot} from '../../src/state';
 import {FifoWriter} from '../../src/transport';
-import {HELPER, Proc, ebsmon, ebsmonOnce, scrubbedEnv, tcpTry} from '../helpers/proc';
+import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, scrubbedEnv, tcpTry} from '../helpers/proc';
 import {EBSMON, LoopVolume, Teardown, createNetRig, foreignRules, inNs, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 
@@ -102,7 +102,7 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
       return null;
     }
   };
-  const stateOf = (name: string) => snapshot()?.reporters.find(r => r.name === name)?.state;
+  const stateOf = (name: string) => reporterIn(stateDir, name)?.state;
   const rules = (tool = 'iptables') => sh(inNs(rig.srv, [tool, '-S', 'EBSMON']), {allowFail: true});
   const ready = (monitor: Proc) => waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
   const synthetic = (name: string, ports: Array<number>, pid = 4242): Heartbeat => ({v: 1, kind: 'heartbeat', name, pid, ports, interval: 1, probeTimeout: 0.5, seq: 1, sentAt: Date.now(), probeMs: 1});

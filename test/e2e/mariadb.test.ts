@@ -4,9 +4,8 @@ import {after, before, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
-import {readSnapshot} from '../../src/state';
 import {APP_TIMEOUT_MS, MARIADB_PORT, MariaDb, SqlClient, freezeUnderWrites} from '../helpers/mariadb';
-import {Proc, ebsmon, tcpTry} from '../helpers/proc';
+import {Proc, ebsmon, reporterIn, tcpTry} from '../helpers/proc';
 import {LoopVolume, Teardown, createNetRig, isRoot, requireRoot, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 
@@ -74,13 +73,7 @@ describe('MariaDB on a frozen volume, end to end', {skip: !isRoot && (process.en
     await waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
     const reporter = ebsmon(['report', `--monitor=${db.datadir}`, `--ports=${MARIADB_PORT}`, '--name=mariadb', `--fifo=${fifo}`, '--interval=0.5', '--probe-timeout=1']);
     procs.push(reporter);
-    const stateOf = () => {
-      try {
-        return readSnapshot(stateDir)?.reporters.find(r => r.name === 'mariadb')?.state;
-      } catch {
-        return undefined;
-      }
-    };
+    const stateOf = () => reporterIn(stateDir, 'mariadb')?.state;
     await waitFor('the reporter healthy', () => stateOf() === 'healthy');
 
     const sql = client(1_000_000);

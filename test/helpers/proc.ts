@@ -2,6 +2,8 @@ import {spawn} from 'node:child_process';
 import type {ChildProcess} from 'node:child_process';
 import path from 'node:path';
 
+import {readSnapshot} from '../../src/state';
+import type {ReporterSnapshot} from '../../src/state';
 import {EBSMON, ROOT, inNs, registerChild} from './rig';
 
 /** A process the test started, with its stderr kept for assertions. */
@@ -93,4 +95,13 @@ export async function tcpTry(ns: string, host: string, port: number, mode: 'conn
   const proc = new Proc(spawn('ip', ['netns', 'exec', ns, process.execPath, HELPER('client.mjs'), host, String(port), mode], {stdio: ['ignore', 'pipe', 'pipe']}));
   await proc.exited;
   return proc.stdout.trim();
+}
+
+/** A reporter's record in the monitor's snapshot; undefined while there is no snapshot or no such reporter. */
+export function reporterIn(stateDir: string, name: string): ReporterSnapshot | undefined {
+  try {
+    return readSnapshot(stateDir)?.reporters.find(r => r.name === name);
+  } catch {
+    return undefined;
+  }
 }
