@@ -1,18 +1,24 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
+import {StartupError} from '../errors';
+import {IptablesFirewall, NftablesFirewall} from '../fencing';
+import type {ApplyResult, Family, Firewall, Runner} from '../fencing';
 import {LineDecoder} from '../heartbeat';
 import type {Message} from '../heartbeat';
-import {Fencer, isFailure} from '../fencing';
-import type {Family} from '../fencing';
 import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
-import {start} from '../spawn';
-import {METRICS_FILE, SNAPSHOT_VERSION, emptyRejections, readSnapshot, renderMetrics, writeAtomic, writeSnapshot} from '../state';
+import {SpawnHelper} from '../spawn';
+import {METRICS_FILE, SNAPSHOT_VERSION, emptyRejections, readSnapshot, renderMetrics, writeAtomic, writeAtomicAsync, writeSnapshot} from '../state';
 import type {Snapshot} from '../state';
 import {ensureFifo, openFifoReader} from '../transport';
+import {Applier} from './applier';
+import {SideEffects} from './effects';
 import {Registry, systemClock} from './registry';
 import type {Transition} from './registry';
+
+export const FIREWALL_CHOICES = ['auto', 'nftables', 'iptables'] as const;
+export type FirewallChoice = typeof FIREWALL_CHOICES[number];
 
 export type MonitorOptions = {
   fifo: string;
@@ -24,7 +30,8 @@ export type MonitorOptions = {
   maxReporters: number;
   onChange?: string;
   metricsFile?: string;
-  /** Tests run one family where the kernel lacks the other. */
+  firewall: FirewallChoice;
+  /** Tests run one family where the kernel lacks the other (iptables only; nftables' inet table is both). */
   families?: ReadonlyArray<Family>;
   reconcileMs?: number;
 };
@@ -35,13 +42,65 @@ export type MonitorDeps = {
   onReady?: () => void;
 };
 
-const HOOK_DEADLINE_MS = 10_000;
 const SNAPSHOT_EVERY_MS = 1_000;
+/** nftables notices a deleted table at once (nft monitor); the read-back catches the rest. */
+const RECONCILE_MS = {nftables: 10_000, iptables: 5_000};
+const START_APPLY_WAIT_MS = 15_000;
+const STOP_APPLY_WAIT_MS = 5_000;
+
+/** Start-up: nftables where it works (auto), else iptables. */
+async function chooseFirewall(options: MonitorOptions, helper: SpawnHelper, run: Runner, logger: Logger): Promise<Firewall> {
+  if (options.firewall !== 'iptables') {
+    const nft = new NftablesFirewall({logger, helper});
+    const started = await nft.start();
+    if (started.ok)
+      return nft;
+    await nft.close();
+    if (options.firewall === 'nftables')
+      throw new StartupError(`--firewall=nftables: ${started.detail}`);
+    logger.warn(`nftables is not usable here (${started.detail}): falling back to iptables, where the monitor itself must be running to fence`);
+  }
+  return new IptablesFirewall(run, options.families);
+}
+
+/** Spawn directories of monitors that are gone (a kill -9 leaves one behind). */
+function removeStaleSpawnDirs(stateDir: string): void {
+  for (const entry of fs.readdirSync(stateDir)) {
+    const match = /^\.spawn-(\d+)$/.exec(entry);
+    if (match === null || Number(match[1]) === process.pid)
+      continue;
+    try {
+      process.kill(Number(match[1]), 0);
+    } catch {
+      fs.rmSync(path.join(stateDir, entry), {recursive: true, force: true});
+    }
+  }
+}
+
+function fsType(dir: string): string | null {
+  try {
+    const real = fs.realpathSync(dir);
+    let best: {point: string, type: string} | null = null;
+    for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const fields = line.split(' ');
+      const dash = fields.indexOf('-');
+      const point = (fields[4] ?? '').replace(/\\(\d{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+      if (dash > 0 && (real === point || real.startsWith(point === '/' ? '/' : `${point}/`)) && (best === null || point.length >= best.point.length))
+        best = {point, type: fields[dash + 1] ?? ''};
+    }
+    return best?.type ?? null;
+  } catch {
+    return null;
+  }
+}
 
 export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, signal: AbortSignal): Promise<void> {
   const {logger} = deps;
   fs.mkdirSync(options.stateDir, {recursive: true, mode: 0o755});
   ensureFifo(options.fifo);
+  const type = fsType(options.stateDir);
+  if (type !== null && type !== 'tmpfs')
+    logger.warn(`--state-dir=${options.stateDir} is on ${type}, not tmpfs: the pulse stops when that disk hangs`);
 
   let previous: Snapshot | null = null;
   try {
@@ -52,43 +111,39 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
 
   const startedAt = Date.now();
   const limited = new RateLimitedLog(logger, 10_000);
-  let firewallOk = true;
-  const fencer = new Fencer(logger, {
-    families: options.families,
-    reconcileMs: options.reconcileMs,
-    onApplied: ok => {
-      if (ok !== firewallOk) {
-        firewallOk = ok;
-        scheduleSnapshot();
-      }
-    },
-  });
+  removeStaleSpawnDirs(options.stateDir);
+  const helper = SpawnHelper.start(path.join(options.stateDir, `.spawn-${process.pid}`), message => limited.log('error', 'helper', message));
+  const run: Runner = (argv, runOptions) => helper.run(argv, runOptions).result;
+  let firewall: Firewall;
+  try {
+    firewall = await chooseFirewall(options, helper, run, logger);
+  } catch (error) {
+    helper.close();
+    throw error;
+  }
+  const effects = new SideEffects(run, logger, options.onChange);
 
-  const runHook = (transition: Transition) => {
-    if (options.onChange === undefined)
-      return;
-    const env = {
-      ...process.env,
-      EBSMON_REPORTER: transition.name,
-      EBSMON_PORTS: transition.ports.join(','),
-      EBSMON_STATE: transition.state,
-      EBSMON_REASON: transition.reason,
-    };
-    let running;
-    try {
-      running = start([options.onChange], {env, timeoutMs: HOOK_DEADLINE_MS, maxOutputBytes: 64 * 1024});
-    } catch (error) {
-      logger.error(`--on-change ${options.onChange} could not start: ${(error as Error).message}`);
-      return;
+  let firewallOk = true;
+  // Hooks wait for the apply that carries their change: the fence goes in first.
+  const transitions: Array<Transition> = [];
+  let inNextApply = 0;
+  const onApplied = (result: ApplyResult) => {
+    const wasOk = firewallOk;
+    if (result.ok !== firewallOk) {
+      firewallOk = result.ok;
+      scheduleSnapshot();
     }
-    void running.result.then(result => {
-      if (result.spawnError !== undefined)
-        logger.error(`--on-change ${options.onChange} could not start: ${result.spawnError}`);
-      else if (result.timedOut)
-        logger.error(`--on-change ${options.onChange} was killed after ${HOOK_DEADLINE_MS / 1000} s`, {reporter: transition.name});
-      else if (result.code !== 0)
-        logger.error(`--on-change ${options.onChange} failed (exit ${result.code ?? result.signal})`, {reporter: transition.name, stderr: result.stderr.trim().slice(0, 500)});
-    });
+    if (result.ok) {
+      if (!wasOk)
+        logger.info('firewall updated again after earlier failures');
+      if (result.newlyFenced.length > 0)
+        effects.closeConnections(result.newlyFenced);
+    } else {
+      limited.log('error', `fail:${firewall.name}`, `firewall update failed (${firewall.name}): ${result.detail}; retrying`);
+    }
+    for (const transition of transitions.splice(0, inNextApply))
+      effects.hook(transition);
+    inNextApply = 0;
   };
 
   const registry = new Registry({
@@ -97,22 +152,27 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     protectPorts: new Set(options.protectPorts),
     maxReporters: options.maxReporters,
   }, {
-    fence: (name, ports) => {
-      void fencer.set(name, ports);
-    },
-    unfence: name => {
-      void fencer.remove(name);
-    },
+    changed: urgency => applier.schedule(urgency),
     transition: transition => {
       scheduleSnapshot();
-      if (transition.state === 'forgotten' || transition.reason === 'first heartbeat')
-        return;
-      // The fence goes in first; the hook waits for that apply, and never delays it.
-      void fencer.settled().then(() => runHook(transition));
+      if (transition.state !== 'forgotten')
+        transitions.push(transition);
     },
     log: (level, message, meta) => logger.log(level, message, meta ?? {}),
     refuse: (key, message, meta) => limited.log('warn', key, message, meta),
   }, systemClock);
+
+  const applier = new Applier({
+    firewall,
+    desired: () => {
+      inNextApply = transitions.length;
+      return registry.desired();
+    },
+    clock: systemClock,
+    reconcileMs: options.reconcileMs ?? RECONCILE_MS[firewall.name],
+    onApplied,
+  });
+  firewall.onDrift(() => applier.repair());
 
   const decoder = new LineDecoder({
     onMessage: message => handle(message),
@@ -146,18 +206,22 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
       heartbeats: registry.heartbeatsAccepted,
       linesRejected: {...emptyRejections(), ...Object.fromEntries(Object.entries(decoder.counters).filter(([k]) => k !== 'accepted'))},
       firewallOk,
+      firewall: firewall.name,
+      deadlinesInKernel: firewall.holdsDeadlines,
     },
     reporters: registry.snapshot(),
   });
 
+  // --metrics-file may sit on a disk (node_exporter's textfile directory): written off the loop, one at a time.
+  const metricsFile = options.metricsFile === undefined ? null : writeAtomicAsync(options.metricsFile);
   const writeState = () => {
     const snapshot = buildSnapshot();
     try {
+      // The state directory is tmpfs: these writes cannot hang.
       writeSnapshot(options.stateDir, snapshot);
       const metrics = renderMetrics(snapshot, snapshot.monitor.writtenAt);
       writeAtomic(path.join(options.stateDir, METRICS_FILE), metrics);
-      if (options.metricsFile !== undefined)
-        writeAtomic(options.metricsFile, metrics);
+      metricsFile?.(metrics);
     } catch (error) {
       limited.log('error', 'snapshot', `cannot write the state snapshot: ${(error as Error).message}`);
     }
@@ -175,26 +239,35 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     });
   }
 
-  const kernel = await fencer.inspect();
-  for (const [family, state] of kernel) {
-    if (isFailure(state))
-      logger.error(`cannot read the ${family} firewall at start-up (${state.what}): ${state.detail}; will retry`);
-    else if (state.fences.length > 0)
-      logger.info(`found ${state.fences.length} ebsmon rule(s) in the ${family} firewall`, {family, names: [...new Set(state.fences.map(f => f.name))].join(',')});
-  }
+  const kernel = await firewall.inspect();
+  if (kernel === null)
+    logger.error(`cannot read the ${firewall.name} firewall at start-up; will retry`);
+  else if (kernel.ports.size > 0)
+    logger.info(`found ${kernel.ports.size} ebsmon port(s) in the ${firewall.name} firewall`, {ports: [...kernel.ports.keys()].join(',')});
   if (previous !== null) {
-    registry.adopt(previous.reporters);
-    const fenced = previous.reporters.filter(r => r.state === 'fenced').map(r => r.name);
-    logger.info(`adopted ${previous.reporters.length} reporter(s) from the previous snapshot; each has ${options.timeout} s to check in`, {fenced: fenced.join(',') || '(none)'});
+    const known = new Set(previous.reporters.flatMap(r => r.ports));
+    const orphans = [...(kernel?.ports.keys() ?? [])].filter(port => !known.has(port));
+    if (orphans.length > 0)
+      logger.warn(`removing ebsmon entries no reporter in the snapshot accounts for: ports ${orphans.join(',')}`);
   }
-  // Rules nobody accounts for are removed by this first whole-chain rewrite.
-  await fencer.sync();
-  fencer.startReconciling();
+  registry.adopt(previous?.reporters ?? [], kernel, firewall.holdsDeadlines);
+  if (previous !== null) {
+    const fenced = registry.snapshot().filter(r => r.state === 'fenced').map(r => r.name);
+    logger.info(`adopted ${previous.reporters.length} reporter(s) from the previous snapshot`, {fenced: fenced.join(',') || '(none)', deadlines: firewall.holdsDeadlines ? 'as the kernel holds them' : `${options.timeout} s to check in`});
+  }
+  await Promise.race([applier.settled(), new Promise(resolve => setTimeout(resolve, START_APPLY_WAIT_MS).unref())]);
+  if (firewall instanceof NftablesFirewall) {
+    await firewall.learnCapabilities();
+    logger.info(`firewall: nftables, table inet ebsmon; the kernel holds every deadline (re-arm: ${firewall.rearmMethod})`);
+  } else {
+    logger.info('firewall: iptables, chain EBSMON; deadlines are kept by this monitor, which must be running to fence');
+  }
+  applier.startReconciling();
 
   const reader = openFifoReader(options.fifo, chunk => decoder.push(chunk));
   const pulse = setInterval(writeState, SNAPSHOT_EVERY_MS);
   writeState();
-  logger.info('monitor running', {fifo: options.fifo, stateDir: options.stateDir, timeout: options.timeout, recover: options.recover, protectPorts: options.protectPorts.join(',')});
+  logger.info('monitor running', {fifo: options.fifo, stateDir: options.stateDir, firewall: firewall.name, timeout: options.timeout, recover: options.recover, protectPorts: options.protectPorts.join(',')});
   deps.onReady?.();
 
   await new Promise<void>(resolve => {
@@ -206,8 +279,14 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
 
   reader.close();
   clearInterval(pulse);
+  registry.settleAll();
   registry.close();
-  await fencer.close();
+  // Stopping the monitor fences nothing: healthy reporters' ports stay open, without a deadline, until the next monitor re-arms them.
+  const final = await Promise.race([applier.stop(registry.desired(true)), new Promise<null>(resolve => setTimeout(() => resolve(null), STOP_APPLY_WAIT_MS).unref())]);
+  if (final === null || !final.ok)
+    logger.error(`could not write the stopping state to the firewall${final === null ? '' : `: ${final.detail}`}; deadlines run on`);
+  await firewall.close();
+  helper.close();
   writeState();
   const fenced = registry.snapshot().filter(r => r.state === 'fenced').map(r => r.name);
   logger.info(fenced.length === 0 ? 'monitor stopped' : 'monitor stopped; fences stay in place for the next monitor', {fenced: fenced.join(',') || '(none)'});

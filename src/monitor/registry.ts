@@ -1,15 +1,16 @@
+import type {DesiredReporter, KernelView} from '../fencing';
 import type {Goodbye, Heartbeat, Unblock} from '../heartbeat';
 import type {ReporterSnapshot, ReporterState} from '../state';
+import {armOf, step} from './lifecycle';
+import type {Life, LifeConfig, LifeEvent} from './lifecycle';
 
-/** Injected so the state machine can run on a fake clock in tests. */
+/** Injected so the registry and the apply loop can run on a fake clock in tests. */
 export type Clock = {
   /** monotonic milliseconds */
   mono: () => number;
   /** epoch milliseconds */
   wall: () => number;
   setTimer: (fn: () => void, ms: number) => unknown;
-  /** Starts a pending timer's full duration over, without a new timer (one heartbeat each). */
-  refreshTimer: (handle: unknown) => void;
   clearTimer: (handle: unknown) => void;
 };
 
@@ -17,9 +18,6 @@ export const systemClock: Clock = {
   mono: () => performance.now(),
   wall: () => Date.now(),
   setTimer: (fn, ms) => setTimeout(fn, ms),
-  refreshTimer: handle => {
-    (handle as NodeJS.Timeout).refresh();
-  },
   clearTimer: handle => clearTimeout(handle as NodeJS.Timeout),
 };
 
@@ -30,27 +28,40 @@ export type Transition = {
   reason: string;
 };
 
+/**
+ * `now`: the firewall must change (a fence, an unfence, new ports);
+ * `rearm`: only deadlines moved (batched: the kernel still holds the old ones).
+ */
+export type Urgency = 'now' | 'rearm';
+
 /** What the registry asks of the outside world; it never runs anything itself. */
 export type RegistryEffects = {
-  fence: (name: string, ports: ReadonlyArray<number>) => void;
-  unfence: (name: string) => void;
+  changed: (urgency: Urgency) => void;
   transition: (transition: Transition) => void;
   log: (level: 'error' | 'warn' | 'info' | 'debug', message: string, meta?: Record<string, unknown>) => void;
-  /** A heartbeat request was refused (rate-limit the log by key). */
+  /** A request was refused (rate-limit the log by key). */
   refuse: (key: string, message: string, meta?: Record<string, unknown>) => void;
 };
 
-export type RegistryOptions = {
-  /** ms without a heartbeat before fencing */
-  timeoutMs: number;
-  recover: number;
+export type RegistryOptions = LifeConfig & {
   protectPorts: ReadonlySet<number>;
   maxReporters: number;
 };
 
-export type ReporterRecord = ReporterSnapshot & {
+export type ReporterRecord = {
+  name: string;
+  pid: number;
+  ports: ReadonlyArray<number>;
+  life: Life;
+  lastHeartbeatAt: number | null;
   lastBeatMono: number;
-  recoverStreak: number;
+  fenceCount: number;
+  flapCount: number;
+  heartbeats: number;
+  lastProbeMs: number | null;
+  interval: number | null;
+  probeTimeout: number | null;
+  reason: string;
   timer: unknown;
   warnedSlowProbe: boolean;
 };
@@ -58,22 +69,77 @@ export type ReporterRecord = ReporterSnapshot & {
 export class Registry {
   readonly reporters = new Map<string, ReporterRecord>();
   heartbeatsAccepted = 0;
+  heartbeatsStale = 0;
 
-  constructor(private readonly options: RegistryOptions, private readonly effects: RegistryEffects, private readonly clock: Clock = systemClock) {
+  constructor(private readonly options: RegistryOptions, private readonly effects: RegistryEffects, private readonly clock: Clock) {
   }
 
-  /** Start-up: reporters from the previous monitor's snapshot, each with a fresh timeout. */
-  adopt(previous: ReadonlyArray<ReporterSnapshot>): void {
+  /**
+   * Start-up: reporters from the previous monitor's snapshot, reconciled with
+   * what the kernel holds. A backend that holds deadlines kept counting while
+   * no monitor ran: a port whose element expired was fenced by the kernel, a
+   * port still armed keeps the time it has left (never more). Elements without
+   * a deadline (a clean stop) and backends without deadlines give a fresh
+   * --timeout to check in. Fenced reporters stay fenced.
+   */
+  adopt(previous: ReadonlyArray<ReporterSnapshot>, kernel: KernelView | null, holdsDeadlines: boolean): void {
+    const now = this.clock.mono();
+    const wall = this.clock.wall();
     for (const snapshot of previous) {
       if (this.reporters.size >= this.options.maxReporters)
         break;
-      const record: ReporterRecord = {...snapshot, ports: [...snapshot.ports], lastBeatMono: this.clock.mono(), recoverStreak: 0, timer: null, warnedSlowProbe: false};
+      let life: Life;
+      let reason = snapshot.reason;
+      let fenceCount = snapshot.fenceCount;
+      if (snapshot.state === 'fenced') {
+        life = {state: 'fenced', since: snapshot.fencedSince ?? wall, streak: 0, lastSentAt: null};
+      } else if (snapshot.state === 'overridden') {
+        life = {state: 'overridden', at: snapshot.overriddenAt ?? wall, by: snapshot.overriddenBy ?? 'unknown'};
+      } else {
+        let left: number | null = null;
+        let expired = false;
+        if (holdsDeadlines && kernel !== null) {
+          for (const port of snapshot.ports) {
+            const held = kernel.ports.get(port)?.alive;
+            if (held === 'fenced')
+              expired = true;
+            else if (held !== undefined && held.leftMs !== null)
+              left = left === null ? held.leftMs : Math.min(left, held.leftMs);
+          }
+        }
+        if (expired) {
+          life = {state: 'fenced', since: wall, streak: 0, lastSentAt: null};
+          reason = 'its deadline passed while no monitor was running: the kernel fenced it';
+          fenceCount += 1;
+        } else {
+          life = {state: 'healthy', until: now + (left ?? this.options.timeoutMs)};
+        }
+      }
+      const record: ReporterRecord = {
+        name: snapshot.name,
+        pid: snapshot.pid,
+        ports: [...snapshot.ports],
+        life,
+        lastHeartbeatAt: snapshot.lastHeartbeatAt,
+        lastBeatMono: snapshot.lastHeartbeatAt === null ? now : now - Math.max(0, wall - snapshot.lastHeartbeatAt),
+        fenceCount,
+        flapCount: snapshot.flapCount,
+        heartbeats: snapshot.heartbeats,
+        lastProbeMs: snapshot.lastProbeMs,
+        interval: snapshot.interval,
+        probeTimeout: snapshot.probeTimeout,
+        reason,
+        timer: null,
+        warnedSlowProbe: false,
+      };
       this.reporters.set(record.name, record);
-      if (record.state === 'fenced')
-        this.effects.fence(record.name, record.ports);
-      else if (record.state === 'healthy')
-        this.arm(record);
+      this.schedule(record);
+      if (life.state === 'fenced' && snapshot.state !== 'fenced') {
+        this.effects.log('error', `${record.name}: ${reason}`, {reporter: record.name, ports: record.ports.join(',')});
+        this.effects.transition({name: record.name, ports: record.ports, state: 'fenced', reason});
+      }
     }
+    this.effects.changed('now');
   }
 
   heartbeat(message: Heartbeat): void {
@@ -83,7 +149,17 @@ export class Registry {
     if (refused.length > 0)
       this.effects.refuse(`protect:${message.name}`, `${message.name} asked to fence protected port(s) ${refused.join(',')}: refused (--protect-ports)`, {reporter: message.name});
 
+    const now = this.clock.mono();
+    const wall = this.clock.wall();
+    // The deadline runs from when the reporter proved I/O, not from when the monitor read the line.
+    const until = now - Math.max(0, wall - message.sentAt) + this.options.timeoutMs;
     let record = this.reporters.get(message.name);
+    if (until <= now) {
+      this.heartbeatsStale += 1;
+      this.effects.refuse(`stale:${message.name}`, `heartbeat from ${message.name} is ${((wall - message.sentAt) / 1000).toFixed(1)} s old, older than --timeout (it waited in the FIFO): ignored`, {reporter: message.name});
+      return;
+    }
+
     if (record === undefined) {
       if (this.reporters.size >= this.options.maxReporters) {
         this.effects.refuse('max-reporters', `heartbeat from new reporter ${message.name} refused: already tracking ${this.reporters.size} reporters (--max-reporters)`);
@@ -93,11 +169,9 @@ export class Registry {
         name: message.name,
         pid: message.pid,
         ports,
-        state: 'healthy',
+        life: {state: 'healthy', until},
         lastHeartbeatAt: null,
-        fencedSince: null,
-        overriddenAt: null,
-        overriddenBy: null,
+        lastBeatMono: now,
         fenceCount: 0,
         flapCount: 0,
         heartbeats: 0,
@@ -105,68 +179,44 @@ export class Registry {
         interval: message.interval,
         probeTimeout: message.probeTimeout,
         reason: 'first heartbeat',
-        lastBeatMono: this.clock.mono(),
-        recoverStreak: 0,
         timer: null,
         warnedSlowProbe: false,
       };
       this.reporters.set(record.name, record);
       this.effects.log('info', `new reporter ${record.name}: ports ${ports.join(',') || '(none)'}`, {reporter: record.name, pid: message.pid});
-      this.effects.transition({name: record.name, ports, state: 'healthy', reason: 'first heartbeat'});
-    } else if (record.pid !== message.pid) {
-      this.effects.log('info', `reporter ${record.name} restarted (pid ${record.pid} → ${message.pid})`, {reporter: record.name});
+      this.accept(record, message, ports, now, wall);
+      this.schedule(record);
+      this.effects.changed('now');
+      return;
     }
 
+    if (record.pid !== message.pid)
+      this.effects.log('info', `reporter ${record.name} restarted (pid ${record.pid} → ${message.pid})`, {reporter: record.name});
     if (!record.warnedSlowProbe && message.probeTimeout * 1000 > this.options.timeoutMs / 3) {
       record.warnedSlowProbe = true;
       this.effects.log('warn', `${record.name}'s --probe-timeout (${message.probeTimeout} s) is more than a third of the monitor's --timeout (${this.options.timeoutMs / 1000} s): a slow probe can eat the fence window`, {reporter: record.name});
     }
 
-    const now = this.clock.mono();
-    const gap = now - record.lastBeatMono;
+    this.settle(record);
     const portsChanged = !samePorts(record.ports, ports);
+    this.accept(record, message, ports, now, wall);
+    const result = this.apply(record, {type: 'heartbeat', now, sentAt: message.sentAt, until});
+    if (result === 'recovering')
+      this.effects.log('debug', `${record.name} heartbeat ${(record.life as {streak: number}).streak}/${this.options.recover} towards recovery`, {reporter: record.name});
+    this.effects.changed(result === 'changed' || portsChanged ? 'now' : 'rearm');
+  }
+
+  private accept(record: ReporterRecord, message: Heartbeat, ports: ReadonlyArray<number>, now: number, wall: number): void {
     record.pid = message.pid;
-    if (portsChanged)
+    if (!samePorts(record.ports, ports))
       record.ports = ports;
     record.lastBeatMono = now;
-    record.lastHeartbeatAt = this.clock.wall();
+    record.lastHeartbeatAt = wall;
     record.lastProbeMs = message.probeMs;
     record.interval = message.interval;
     record.probeTimeout = message.probeTimeout;
     record.heartbeats += 1;
     this.heartbeatsAccepted += 1;
-
-    switch (record.state) {
-      case 'healthy':
-        this.arm(record);
-        break;
-      case 'overridden':
-        record.state = 'healthy';
-        record.overriddenAt = null;
-        record.overriddenBy = null;
-        record.reason = 'heartbeat after override';
-        this.arm(record);
-        this.effects.log('info', `${record.name} is heartbeating again: healthy (override ended)`, {reporter: record.name});
-        this.effects.transition({name: record.name, ports, state: 'healthy', reason: record.reason});
-        break;
-      case 'fenced':
-        record.recoverStreak = gap <= this.options.timeoutMs ? record.recoverStreak + 1 : 1;
-        if (record.recoverStreak >= this.options.recover) {
-          record.state = 'healthy';
-          record.fencedSince = null;
-          record.flapCount += 1;
-          record.reason = `${record.recoverStreak} consecutive heartbeats`;
-          this.effects.unfence(record.name);
-          this.arm(record);
-          this.effects.log('info', `${record.name} recovered after ${record.recoverStreak} consecutive heartbeats: fence lifted`, {reporter: record.name, ports: ports.join(',')});
-          this.effects.transition({name: record.name, ports, state: 'healthy', reason: record.reason});
-        } else {
-          if (portsChanged)
-            this.effects.fence(record.name, ports);
-          this.effects.log('debug', `${record.name} heartbeat ${record.recoverStreak}/${this.options.recover} towards recovery`, {reporter: record.name});
-        }
-        break;
-    }
   }
 
   goodbye(message: Goodbye): void {
@@ -179,7 +229,8 @@ export class Registry {
       this.effects.refuse(`goodbye:${message.name}`, `goodbye for ${message.name} refused: pid ${message.pid} is not the reporter's (${record.pid})`, {reporter: message.name});
       return;
     }
-    if (record.state === 'fenced') {
+    this.settle(record);
+    if (record.life.state === 'fenced') {
       this.effects.refuse(`goodbye:${message.name}`, `goodbye for ${message.name} refused: it is fenced, and only unblock lifts a fence`, {reporter: message.name});
       return;
     }
@@ -187,6 +238,7 @@ export class Registry {
     this.reporters.delete(record.name);
     this.effects.log('info', `${record.name} said goodbye: forgotten`, {reporter: record.name});
     this.effects.transition({name: record.name, ports: record.ports, state: 'forgotten', reason: 'goodbye'});
+    this.effects.changed('now');
   }
 
   /** Returns the names whose fence was lifted. */
@@ -197,57 +249,109 @@ export class Registry {
       this.effects.log('warn', `unblock from ${who} for unknown reporter ${message.name}`);
     const lifted: Array<string> = [];
     for (const record of targets) {
-      if (record.state !== 'fenced') {
-        this.effects.log('info', `unblock from ${who}: ${record.name} is ${record.state}, nothing to lift`, {reporter: record.name});
-        continue;
-      }
-      record.state = 'overridden';
-      record.fencedSince = null;
-      record.overriddenAt = this.clock.wall();
-      record.overriddenBy = who;
-      record.reason = `unblock by ${who}`;
-      record.recoverStreak = 0;
-      this.effects.unfence(record.name);
-      this.effects.log('warn', `${record.name}: fence lifted by ${who}; overridden until its next heartbeat`, {reporter: record.name});
-      this.effects.transition({name: record.name, ports: record.ports, state: 'overridden', reason: record.reason});
-      lifted.push(record.name);
+      this.settle(record);
+      if (this.apply(record, {type: 'unblock', wall: this.clock.wall(), by: who}) === 'changed')
+        lifted.push(record.name);
+      else
+        this.effects.log('info', `unblock from ${who}: ${record.name} is ${record.life.state}, nothing to lift`, {reporter: record.name});
     }
+    if (lifted.length > 0)
+      this.effects.changed('now');
     return lifted;
   }
 
-  /** Called right after a heartbeat (or adoption) set lastBeatMono to now: the deadline is a full --timeout away. */
-  private arm(record: ReporterRecord): void {
-    if (record.timer !== null)
-      this.clock.refreshTimer(record.timer);
-    else
-      record.timer = this.clock.setTimer(() => this.expire(record), this.options.timeoutMs);
+  /** Runs the transition function and carries out what it decided. */
+  private apply(record: ReporterRecord, event: LifeEvent): 'changed' | 'recovering' | 'unchanged' {
+    const from = record.life.state;
+    const result = step(record.life, event, this.options);
+    record.life = result.life;
+    this.schedule(record);
+    if (result.change === null)
+      return result.note === 'recovering' ? 'recovering' : 'unchanged';
+    const {to, reason} = result.change;
+    record.reason = reason;
+    const ports = record.ports.join(',') || '(none)';
+    switch (to) {
+      case 'fenced':
+        record.fenceCount += 1;
+        this.effects.log('error', `${record.name}: ${reason}; fencing ports ${ports}`, {reporter: record.name});
+        break;
+      case 'healthy':
+        if (from === 'fenced') {
+          record.flapCount += 1;
+          this.effects.log('info', `${record.name} recovered after ${reason}: fence lifted`, {reporter: record.name, ports});
+        } else {
+          this.effects.log('info', `${record.name} is heartbeating again: healthy (override ended)`, {reporter: record.name});
+        }
+        break;
+      case 'overridden':
+        this.effects.log('warn', `${record.name}: fence lifted by ${(record.life as {by: string}).by}; overridden until its next heartbeat`, {reporter: record.name});
+        break;
+    }
+    this.effects.transition({name: record.name, ports: record.ports, state: to, reason});
+    return 'changed';
   }
 
-  private expire(record: ReporterRecord): void {
-    record.timer = null;
-    if (record.state !== 'healthy' || this.reporters.get(record.name) !== record)
+  /** A deadline that has passed is a fence, even if its timer has not run yet (the monitor was stopped). */
+  private settle(record: ReporterRecord): void {
+    const now = this.clock.mono();
+    if (record.life.state === 'healthy' && now >= record.life.until)
+      this.apply(record, {type: 'deadline', now, wall: this.clock.wall(), silentMs: now - record.lastBeatMono});
+  }
+
+  settleAll(): void {
+    for (const record of this.reporters.values())
+      this.settle(record);
+  }
+
+  /**
+   * One timer per healthy reporter, set for its deadline. Heartbeats only move
+   * the deadline; the timer, when it fires early, sets itself for the rest.
+   */
+  private schedule(record: ReporterRecord): void {
+    if (record.life.state !== 'healthy') {
+      this.clock.clearTimer(record.timer);
+      record.timer = null;
       return;
-    const silentMs = this.clock.mono() - record.lastBeatMono;
-    record.state = 'fenced';
-    record.fencedSince = this.clock.wall();
-    record.fenceCount += 1;
-    record.recoverStreak = 0;
-    record.reason = `no heartbeat for ${(silentMs / 1000).toFixed(1)} s`;
-    this.effects.fence(record.name, record.ports);
-    this.effects.log('error', `${record.name}: ${record.reason}; fencing ports ${record.ports.join(',') || '(none)'}`, {reporter: record.name});
-    this.effects.transition({name: record.name, ports: record.ports, state: 'fenced', reason: record.reason});
+    }
+    if (record.timer !== null)
+      return;
+    record.timer = this.clock.setTimer(() => {
+      record.timer = null;
+      if (this.reporters.get(record.name) !== record)
+        return;
+      const before = record.life.state;
+      this.settle(record);
+      if (record.life.state !== before)
+        this.effects.changed('now');
+      else
+        this.schedule(record);
+    }, Math.max(0, (record.life.state === 'healthy' ? record.life.until : 0) - this.clock.mono()));
+  }
+
+  /** What the firewall should hold now. `stopping`: healthy reporters are left open, with no deadline. */
+  desired(stopping = false): Array<DesiredReporter> {
+    const out: Array<DesiredReporter> = [];
+    for (const record of this.reporters.values()) {
+      const arm = armOf(record.life);
+      out.push({name: record.name, ports: record.ports, arm: stopping && arm.state === 'armed' ? {state: 'open'} : arm});
+    }
+    return out;
   }
 
   snapshot(): Array<ReporterSnapshot> {
+    const now = this.clock.mono();
+    const wall = this.clock.wall();
     return [...this.reporters.values()].map(r => ({
       name: r.name,
       pid: r.pid,
       ports: [...r.ports],
-      state: r.state,
+      state: r.life.state,
       lastHeartbeatAt: r.lastHeartbeatAt,
-      fencedSince: r.fencedSince,
-      overriddenAt: r.overriddenAt,
-      overriddenBy: r.overriddenBy,
+      fencedSince: r.life.state === 'fenced' ? r.life.since : null,
+      overriddenAt: r.life.state === 'overridden' ? r.life.at : null,
+      overriddenBy: r.life.state === 'overridden' ? r.life.by : null,
+      deadlineAt: r.life.state === 'healthy' ? Math.round(wall + (r.life.until - now)) : null,
       fenceCount: r.fenceCount,
       flapCount: r.flapCount,
       heartbeats: r.heartbeats,
@@ -259,8 +363,10 @@ export class Registry {
   }
 
   close(): void {
-    for (const record of this.reporters.values())
+    for (const record of this.reporters.values()) {
       this.clock.clearTimer(record.timer);
+      record.timer = null;
+    }
   }
 }
 

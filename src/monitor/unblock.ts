@@ -3,7 +3,7 @@ import os from 'node:os';
 import {UnblockError} from '../errors';
 import {encodeMessage} from '../heartbeat';
 import type {Unblock} from '../heartbeat';
-import {FAMILIES, TOOLS, removeWithoutMonitor} from '../fencing';
+import {FAMILIES, TOOLS, directRunner, openWithoutMonitor, removeIptablesWithoutMonitor} from '../fencing';
 import {readSnapshot, writeSnapshot} from '../state';
 import type {Snapshot} from '../state';
 import {FifoWriter} from '../transport';
@@ -82,14 +82,46 @@ export async function unblock(options: UnblockOptions): Promise<Array<string>> {
   }
 }
 
+/**
+ * No monitor is reading the FIFO: edit ebsmon's own entries in whichever
+ * backend holds them (a host may have both after a switch), nothing else.
+ */
 async function unblockWithoutMonitor(options: UnblockOptions, before: Snapshot | null, user: string): Promise<Array<string>> {
-  const {removed, failures} = await removeWithoutMonitor(options.name);
+  const lines: Array<string> = [];
+  const failures: Array<string> = [];
+  const mine = before?.reporters.find(r => r.name === options.name);
+  // Ports another fenced reporter guards too stay fenced: this override is for one reporter.
+  const keepFenced = new Set((before?.reporters ?? []).filter(r => r.state === 'fenced' && r.name !== options.name).flatMap(r => r.ports));
+  const backend = before?.monitor.firewall;
+
+  const nft = await openWithoutMonitor(directRunner, options.name, mine?.ports ?? [], keepFenced);
+  if ('failed' in nft) {
+    // A host without nft (ENOENT) simply has no nftables fences, unless the monitor used it.
+    if (backend === 'nftables' || (backend === undefined && !/ENOENT/.test(nft.failed)))
+      failures.push(`nft: ${nft.failed}`);
+  } else if (nft.tablePresent) {
+    if (options.name === null)
+      lines.push(`no monitor running: deleted table inet ebsmon, with every ebsmon fence and deadline (${nft.opened.length} port(s) were fenced)`);
+    else if (nft.opened.length > 0)
+      lines.push(`no monitor running: opened ${options.name}'s port(s) ${nft.opened.join(',')} in table inet ebsmon (no deadline until the next monitor re-arms them)`);
+  }
+
+  const iptables = await removeIptablesWithoutMonitor(directRunner, options.name);
+  if (iptables.failures.length > 0 && backend !== 'nftables')
+    failures.push(...iptables.failures.map(f => `${f.what}: ${f.detail}`));
+  const tools = FAMILIES.map(f => TOOLS[f].cli).join(' and ');
+  if (iptables.present && options.name === null)
+    lines.push(`no monitor running: removed every ebsmon rule (${iptables.removed}), the jump and the EBSMON chain from ${tools}`);
+  else if (iptables.removed > 0)
+    lines.push(`no monitor running: removed ebsmon rules for ${options.name} from ${tools}`);
+
   if (failures.length > 0)
-    throw new UnblockError(`no monitor running, and the firewall could not be changed: ${failures.map(f => `${f.what}: ${f.detail}`).join('; ')}`);
-  const total = [...removed.values()].reduce((a, b) => a + b, 0);
-  const inSnapshot = options.name === null || (before?.reporters.some(r => r.name === options.name) ?? false);
-  if (total === 0 && !inSnapshot)
-    throw new UnblockError(`unknown reporter ${options.name}: no monitor running, no ebsmon rules and no snapshot entry for it`);
+    throw new UnblockError(`no monitor running, and the firewall could not be changed: ${failures.join('; ')}`);
+  if (lines.length === 0) {
+    if (options.name !== null && mine === undefined)
+      throw new UnblockError(`unknown reporter ${options.name}: no monitor running, no ebsmon entries and no snapshot entry for it`);
+    lines.push(`no monitor running: ${options.name ?? 'no reporter'} had no fenced port in the firewall; nothing to remove`);
+  }
 
   // So that the next monitor does not put the fence back.
   if (before !== null) {
@@ -104,11 +136,5 @@ async function unblockWithoutMonitor(options: UnblockOptions, before: Snapshot |
       }
     writeSnapshot(options.stateDir, before);
   }
-
-  const tools = FAMILIES.map(f => TOOLS[f].cli).join(' and ');
-  if (options.name === null)
-    return [`no monitor running: removed every ebsmon rule (${total}), the jump and the EBSMON chain from ${tools}`];
-  return [total === 0
-    ? `no monitor running: ${options.name} had no ebsmon rules in ${tools}; nothing to remove`
-    : `no monitor running: removed ebsmon rules for ${options.name} from ${tools}`];
+  return lines;
 }

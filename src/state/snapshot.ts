@@ -29,6 +29,8 @@ export const isReporterSnapshot = t.isObject({
   fencedSince: t.isNullable(isEpochMs),
   overriddenAt: t.isNullable(isEpochMs),
   overriddenBy: t.isNullable(t.isString()),
+  /** When the kernel (nftables) or the monitor fences it if no heartbeat comes: epoch ms, null unless healthy. */
+  deadlineAt: t.isOptional(t.isNullable(isEpochMs)),
   fenceCount: isCount,
   flapCount: isCount,
   heartbeats: isCount,
@@ -50,6 +52,10 @@ export const isSnapshot = t.isObject({
     heartbeats: isCount,
     linesRejected: t.isRecord(isCount),
     firewallOk: t.isBoolean(),
+    /** The backend in use; older monitors wrote none (iptables). */
+    firewall: t.isOptional(t.isEnum(['nftables', 'iptables'] as const)),
+    /** True when the kernel holds the deadlines (nftables): fences land even while the monitor cannot run. */
+    deadlinesInKernel: t.isOptional(t.isBoolean()),
   }),
   reporters: t.isArray(isReporterSnapshot),
 });
@@ -66,6 +72,30 @@ export function writeAtomic(file: string, content: string, mode = 0o644): void {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
   fs.writeFileSync(tmp, content, {mode});
   fs.renameSync(tmp, file);
+}
+
+/**
+ * The same, off the event loop (pool threads), for a file that may be on a
+ * disk: one write at a time; a write asked for while one is in flight (the
+ * disk is slow or hung) is skipped, the next one carries fresher content.
+ */
+export function writeAtomicAsync(file: string, mode = 0o644): (content: string) => void {
+  let busy = false;
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  return content => {
+    if (busy)
+      return;
+    busy = true;
+    fs.writeFile(tmp, content, {mode}, error => {
+      if (error !== null) {
+        busy = false;
+        return;
+      }
+      fs.rename(tmp, file, () => {
+        busy = false;
+      });
+    });
+  };
 }
 
 export function snapshotPath(stateDir: string): string {

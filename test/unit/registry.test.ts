@@ -1,119 +1,110 @@
 import assert from 'node:assert/strict';
 import {beforeEach, describe, it} from 'node:test';
 
+import type {KernelView} from '../../src/fencing';
 import type {Heartbeat} from '../../src/heartbeat';
 import {Registry} from '../../src/monitor';
-import type {Clock, Transition} from '../../src/monitor';
+import type {Transition, Urgency} from '../../src/monitor';
+import type {ReporterSnapshot} from '../../src/state';
+import {FakeClock} from '../helpers/clock';
 
-class FakeClock implements Clock {
-  time = 0;
-  private timers = new Map<number, {at: number, ms: number, fn: () => void}>();
-  private next = 1;
-  mono = () => this.time;
-  wall = () => 1_700_000_000_000 + this.time;
-  setTimer = (fn: () => void, ms: number) => {
-    const id = this.next++;
-    this.timers.set(id, {at: this.time + ms, ms, fn});
-    return id;
-  };
-  refreshTimer = (id: unknown) => {
-    const timer = this.timers.get(id as number);
-    if (timer !== undefined)
-      timer.at = this.time + timer.ms;
-  };
-  clearTimer = (id: unknown) => {
-    this.timers.delete(id as number);
-  };
-  advance(ms: number) {
-    const end = this.time + ms;
-    for (;;) {
-      const due = [...this.timers].filter(([, t]) => t.at <= end).sort((a, b) => a[1].at - b[1].at)[0];
-      if (due === undefined)
-        break;
-      this.timers.delete(due[0]);
-      this.time = due[1].at;
-      due[1].fn();
-    }
-    this.time = end;
-  }
-}
-
-const beat = (name: string, extra: Partial<Heartbeat> = {}): Heartbeat => ({v: 1, kind: 'heartbeat', name, pid: 100, ports: [3306], interval: 1, probeTimeout: 3, seq: 1, sentAt: 0, probeMs: 1, ...extra});
-
-describe('Registry state machine', () => {
+describe('Registry: reporters, deadlines and what the firewall should hold', () => {
   let clock: FakeClock;
-  let fenced: Map<string, ReadonlyArray<number>>;
   let transitions: Array<Transition>;
+  let changes: Array<Urgency>;
   let refusals: Array<string>;
   let registry: Registry;
 
   beforeEach(() => {
     clock = new FakeClock();
-    fenced = new Map();
     transitions = [];
+    changes = [];
     refusals = [];
-    registry = new Registry({timeoutMs: 10_000, recover: 3, protectPorts: new Set([22]), maxReporters: 2}, {
-      fence: (name, ports) => fenced.set(name, ports),
-      unfence: name => fenced.delete(name),
+    registry = new Registry({timeoutMs: 10_000, recover: 3, protectPorts: new Set([22]), maxReporters: 5}, {
+      changed: urgency => changes.push(urgency),
       transition: t => transitions.push(t),
       log: () => {},
       refuse: (_key, message) => refusals.push(message),
     }, clock);
   });
 
-  const states = () => Object.fromEntries([...registry.reporters.values()].map(r => [r.name, r.state]));
+  const beat = (name: string, extra: Partial<Heartbeat> = {}): Heartbeat => ({v: 1, kind: 'heartbeat', name, pid: 100, ports: [3306], interval: 1, probeTimeout: 3, seq: 1, sentAt: clock.wall(), probeMs: 1, ...extra});
+  const states = () => Object.fromEntries([...registry.reporters.values()].map(r => [r.name, r.life.state]));
+  const arm = (name: string) => registry.desired().find(d => d.name === name)?.arm;
 
-  it('fences at the deadline, not before', () => {
+  it('fences at the deadline, not before, and the firewall is told at once', () => {
     registry.heartbeat(beat('mysql'));
+    assert.deepEqual(arm('mysql'), {state: 'armed', until: 10_000});
     clock.advance(9_999);
     assert.deepEqual(states(), {mysql: 'healthy'});
+    changes.length = 0;
     clock.advance(1);
     assert.deepEqual(states(), {mysql: 'fenced'});
-    assert.deepEqual(fenced.get('mysql'), [3306]);
+    assert.deepEqual(arm('mysql'), {state: 'fenced'});
+    assert.deepEqual(changes, ['now']);
     assert.equal(registry.reporters.get('mysql')?.fenceCount, 1);
+    assert.deepEqual(transitions.map(t => `${t.name} ${t.state}`), ['mysql fenced']);
   });
 
-  it('each heartbeat pushes the deadline back', () => {
+  it('the deadline runs from the heartbeat\'s sentAt, and a re-arm is a batched change', () => {
     registry.heartbeat(beat('mysql'));
-    for (let i = 0; i < 5; i++) {
-      clock.advance(9_000);
-      registry.heartbeat(beat('mysql'));
-    }
-    assert.deepEqual(states(), {mysql: 'healthy'});
+    clock.advance(2_000);
+    changes.length = 0;
+    registry.heartbeat(beat('mysql', {sentAt: clock.wall() - 300}));
+    assert.deepEqual(arm('mysql'), {state: 'armed', until: 11_700});
+    assert.deepEqual(changes, ['rearm']);
   });
 
-  it('lifts a fence only after --recover consecutive heartbeats', () => {
+  it('a heartbeat older than --timeout (it waited in the FIFO) re-arms nothing and opens nothing', () => {
+    registry.heartbeat(beat('mysql'));
+    clock.advance(10_000);
+    assert.deepEqual(states(), {mysql: 'fenced'});
+    for (let i = 0; i < 5; i++)
+      registry.heartbeat(beat('mysql', {sentAt: clock.wall() - 10_000 - i}));
+    assert.deepEqual(states(), {mysql: 'fenced'});
+    assert.equal(registry.heartbeatsStale, 5);
+    assert.match(refusals.join('\n'), /older than --timeout/);
+  });
+
+  it('a deadline that passed while the loop was stopped fences before the next heartbeat counts', () => {
+    registry.heartbeat(beat('mysql'));
+    // The monitor was SIGSTOPped: time passes without its timers running.
+    clock.time += 15_000;
+    registry.heartbeat(beat('mysql'));
+    assert.deepEqual(states(), {mysql: 'fenced'}, 'one fresh heartbeat is not --recover of them');
+    assert.deepEqual(transitions.map(t => t.state), ['fenced']);
+    assert.match(transitions[0]!.reason, /no heartbeat for 15\.0 s/);
+  });
+
+  it('lifts a fence only after --recover consecutive heartbeats, counting a flap', () => {
     registry.heartbeat(beat('mysql'));
     clock.advance(20_000);
     registry.heartbeat(beat('mysql'));
     clock.advance(1_000);
     registry.heartbeat(beat('mysql'));
     assert.deepEqual(states(), {mysql: 'fenced'});
+    assert.deepEqual(arm('mysql'), {state: 'fenced'}, 'not re-armed while recovering');
     clock.advance(1_000);
     registry.heartbeat(beat('mysql'));
     assert.deepEqual(states(), {mysql: 'healthy'});
-    assert.equal(fenced.size, 0);
+    assert.deepEqual(arm('mysql'), {state: 'armed', until: 32_000});
     assert.equal(registry.reporters.get('mysql')?.flapCount, 1);
-  });
-
-  it('a gap longer than --timeout restarts the recovery count', () => {
-    registry.heartbeat(beat('mysql'));
-    clock.advance(10_000);
-    registry.heartbeat(beat('mysql'));
-    registry.heartbeat(beat('mysql'));
-    clock.advance(10_001);
-    registry.heartbeat(beat('mysql'));
-    assert.deepEqual(states(), {mysql: 'fenced'});
-    registry.heartbeat(beat('mysql'));
-    registry.heartbeat(beat('mysql'));
-    assert.deepEqual(states(), {mysql: 'healthy'});
   });
 
   it('never fences a protected port, and says so', () => {
     registry.heartbeat(beat('evil', {ports: [22, 8080]}));
     clock.advance(10_000);
-    assert.deepEqual(fenced.get('evil'), [8080]);
+    assert.deepEqual(registry.desired(), [{name: 'evil', ports: [8080], arm: {state: 'fenced'}}]);
     assert.match(refusals[0] ?? '', /protected port\(s\) 22/);
+  });
+
+  it('ports that change are a change for the firewall now, also while fenced', () => {
+    registry.heartbeat(beat('web', {ports: [80]}));
+    clock.advance(10_000);
+    changes.length = 0;
+    registry.heartbeat(beat('web', {ports: [80, 443]}));
+    assert.deepEqual(registry.desired(), [{name: 'web', ports: [80, 443], arm: {state: 'fenced'}}]);
+    assert.deepEqual(changes, ['now']);
   });
 
   it('goodbye forgets a healthy reporter, never lifts a fence, and needs the right pid', () => {
@@ -122,28 +113,29 @@ describe('Registry state machine', () => {
     assert.deepEqual(states(), {a: 'healthy'});
     registry.goodbye({v: 1, kind: 'goodbye', name: 'a', pid: 100});
     assert.deepEqual(states(), {});
+    assert.deepEqual(registry.desired(), []);
     clock.advance(20_000);
-    assert.equal(fenced.size, 0);
+    assert.deepEqual(transitions.map(t => t.state), ['forgotten']);
 
     registry.heartbeat(beat('b'));
     clock.advance(10_000);
     registry.goodbye({v: 1, kind: 'goodbye', name: 'b', pid: 100});
     assert.deepEqual(states(), {b: 'fenced'});
-    assert.ok(fenced.has('b'));
   });
 
-  it('unblock overrides until the next heartbeat, which makes it healthy at once', () => {
+  it('unblock overrides (open, no deadline) until the next heartbeat, which makes it healthy at once', () => {
     registry.heartbeat(beat('mysql'));
     clock.advance(10_000);
     assert.deepEqual(registry.unblock({v: 1, kind: 'unblock', name: 'mysql', pid: 5, user: 'root'}), ['mysql']);
     assert.deepEqual(states(), {mysql: 'overridden'});
-    assert.equal(fenced.size, 0);
+    assert.deepEqual(arm('mysql'), {state: 'open'});
     clock.advance(3_600_000);
     assert.deepEqual(states(), {mysql: 'overridden'});
     registry.heartbeat(beat('mysql'));
     assert.deepEqual(states(), {mysql: 'healthy'});
     clock.advance(10_000);
     assert.deepEqual(states(), {mysql: 'fenced'});
+    assert.equal(registry.reporters.get('mysql')?.flapCount, 0, 'an operator override is not a flap');
   });
 
   it('unblock --all lifts every fence', () => {
@@ -151,27 +143,65 @@ describe('Registry state machine', () => {
     registry.heartbeat(beat('b'));
     clock.advance(10_000);
     assert.deepEqual(registry.unblock({v: 1, kind: 'unblock', all: true, pid: 5, user: 'root'}).sort(), ['a', 'b']);
-    assert.equal(fenced.size, 0);
+    assert.ok(registry.desired().every(d => d.arm.state === 'open'));
   });
 
   it('refuses new reporters beyond --max-reporters', () => {
-    registry.heartbeat(beat('a'));
-    registry.heartbeat(beat('b'));
-    registry.heartbeat(beat('c'));
-    assert.deepEqual(Object.keys(states()), ['a', 'b']);
+    for (const name of ['a', 'b', 'c', 'd', 'e', 'f'])
+      registry.heartbeat(beat(name));
+    assert.deepEqual(Object.keys(states()), ['a', 'b', 'c', 'd', 'e']);
     assert.match(refusals.join('\n'), /--max-reporters/);
   });
 
-  it('adopts a previous snapshot: fences kept, healthy ones get a fresh timeout', () => {
-    registry.adopt([
-      {...registry.snapshot()[0], name: 'old', pid: 1, ports: [80], state: 'fenced', lastHeartbeatAt: 0, fencedSince: 0, overriddenAt: null, overriddenBy: null, fenceCount: 1, flapCount: 0, heartbeats: 5, lastProbeMs: 1, interval: 1, probeTimeout: 3, reason: 'x'},
-      {name: 'fine', pid: 2, ports: [81], state: 'healthy', lastHeartbeatAt: 0, fencedSince: null, overriddenAt: null, overriddenBy: null, fenceCount: 0, flapCount: 0, heartbeats: 5, lastProbeMs: 1, interval: 1, probeTimeout: 3, reason: 'x'},
+  it('stopping leaves healthy reporters open and fenced ones fenced', () => {
+    registry.heartbeat(beat('up'));
+    registry.heartbeat(beat('down', {ports: [80]}));
+    clock.advance(5_000);
+    registry.heartbeat(beat('up'));
+    clock.advance(5_000);
+    assert.deepEqual(registry.desired(true).map(d => `${d.name} ${d.arm.state}`), ['up open', 'down fenced']);
+  });
+
+  const snap = (name: string, ports: Array<number>, state: ReporterSnapshot['state']): ReporterSnapshot => ({
+    name, pid: 1, ports, state, lastHeartbeatAt: clock.wall() - 1_000, fencedSince: state === 'fenced' ? 1 : null, overriddenAt: state === 'overridden' ? 2 : null, overriddenBy: state === 'overridden' ? 'root' : null,
+    fenceCount: 0, flapCount: 0, heartbeats: 5, lastProbeMs: 1, interval: 1, probeTimeout: 3, reason: 'x',
+  });
+  const kernel = (entries: Array<[number, 'fenced' | number | null]>): KernelView => ({ports: new Map(entries.map(([port, left]) => [port, {owners: [], alive: left === 'fenced' ? 'fenced' : {leftMs: left}}]))});
+
+  it('adoption with kernel deadlines: the time left is kept, never extended; an expired element was a fence', () => {
+    registry.adopt([snap('kept', [80, 81], 'healthy'), snap('expired', [82], 'healthy'), snap('stopped', [83], 'healthy'), snap('down', [84], 'fenced'), snap('over', [85], 'overridden')],
+      kernel([[80, 4_000], [81, 3_000], [82, 'fenced'], [83, null], [84, 9_000], [85, null]]), true);
+    assert.deepEqual(registry.desired().map(d => [d.name, d.arm]), [
+      ['kept', {state: 'armed', until: 3_000}],
+      ['expired', {state: 'fenced'}],
+      ['stopped', {state: 'armed', until: 10_000}],
+      ['down', {state: 'fenced'}],
+      ['over', {state: 'open'}],
     ]);
-    assert.deepEqual(fenced.get('old'), [80]);
+    assert.deepEqual(transitions.map(t => `${t.name} ${t.state}`), ['expired fenced']);
+    assert.match(transitions[0]!.reason, /while no monitor was running/);
+    assert.equal(registry.reporters.get('expired')?.fenceCount, 1);
+    clock.advance(3_000);
+    assert.equal(states().kept, 'fenced');
+  });
+
+  it('adoption without kernel deadlines (iptables): healthy reporters get a fresh --timeout', () => {
+    registry.adopt([snap('old', [80], 'fenced'), snap('fine', [81], 'healthy')], kernel([[80, 'fenced']]), false);
     clock.advance(9_999);
     assert.deepEqual(states(), {old: 'fenced', fine: 'healthy'});
     clock.advance(1);
     assert.deepEqual(states(), {old: 'fenced', fine: 'fenced'});
-    assert.equal(transitions.filter(t => t.state === 'fenced').length, 1);
+  });
+
+  it('keeps one timer per healthy reporter however many heartbeats arrive', () => {
+    registry.heartbeat(beat('a'));
+    for (let i = 0; i < 100; i++) {
+      clock.advance(100);
+      registry.heartbeat(beat('a'));
+    }
+    assert.equal(clock.pending, 1);
+    clock.advance(10_000);
+    assert.equal(clock.pending, 0);
+    assert.deepEqual(states(), {a: 'fenced'});
   });
 });

@@ -1,6 +1,6 @@
 import {spawn, spawnSync} from 'node:child_process';
 
-import {errnoCode} from './errors';
+import {errnoCode} from '../errors';
 
 /**
  * The one module that starts processes. Always argument arrays, never a shell:

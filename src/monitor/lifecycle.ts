@@ -1,0 +1,86 @@
+import type {ReporterState} from '../state';
+
+/**
+ * A reporter's lifecycle as the monitor sees it: states and events as types,
+ * one transition function, no side effects (the registry carries them out).
+ *
+ *   healthy --deadline--> fenced --recover fresh heartbeats--> healthy
+ *   fenced --unblock--> overridden --heartbeat--> healthy
+ *
+ * Times: `now` and `until` are monotonic milliseconds, `sentAt` and `wall`
+ * epoch milliseconds (the reporter's clock, which is this host's).
+ */
+export type Life =
+  | {state: 'healthy', until: number}
+  | {state: 'fenced', since: number, streak: number, lastSentAt: number | null}
+  | {state: 'overridden', at: number, by: string};
+
+export type LifeEvent =
+  /** A heartbeat whose deadline (its sentAt plus --timeout) is `until`. */
+  | {type: 'heartbeat', now: number, sentAt: number, until: number}
+  | {type: 'deadline', now: number, wall: number, silentMs: number}
+  | {type: 'unblock', wall: number, by: string};
+
+export type LifeConfig = {
+  timeoutMs: number;
+  recover: number;
+};
+
+export type Step = {
+  life: Life;
+  /** Set when the reporter's visible state changed. */
+  change: {to: ReporterState, reason: string} | null;
+  /** Why nothing changed, when an event was ignored. */
+  note?: 'stale' | 'recovering' | 'not-due' | 'nothing-to-lift';
+};
+
+const unchanged = (life: Life, note?: Step['note']): Step => (note === undefined ? {life, change: null} : {life, change: null, note});
+
+export function step(life: Life, event: LifeEvent, config: LifeConfig): Step {
+  switch (event.type) {
+    case 'heartbeat': {
+      // A heartbeat past its own deadline proves nothing about now: it sat in
+      // the FIFO while the monitor was stopped, and must never open a fence.
+      if (event.until <= event.now)
+        return unchanged(life, 'stale');
+      switch (life.state) {
+        case 'healthy':
+          return unchanged({state: 'healthy', until: Math.max(life.until, event.until)});
+        case 'overridden':
+          return {life: {state: 'healthy', until: event.until}, change: {to: 'healthy', reason: 'heartbeat after override'}};
+        case 'fenced': {
+          const consecutive = life.lastSentAt !== null && event.sentAt > life.lastSentAt && event.sentAt - life.lastSentAt <= config.timeoutMs;
+          const streak = consecutive ? life.streak + 1 : 1;
+          if (streak >= config.recover)
+            return {life: {state: 'healthy', until: event.until}, change: {to: 'healthy', reason: `${streak} consecutive heartbeat${streak === 1 ? '' : 's'}`}};
+          return unchanged({...life, streak, lastSentAt: event.sentAt}, 'recovering');
+        }
+      }
+      break;
+    }
+    case 'deadline':
+      if (life.state !== 'healthy' || event.now < life.until)
+        return unchanged(life, 'not-due');
+      return {
+        life: {state: 'fenced', since: event.wall, streak: 0, lastSentAt: null},
+        change: {to: 'fenced', reason: `no heartbeat for ${(event.silentMs / 1000).toFixed(1)} s`},
+      };
+    case 'unblock':
+      if (life.state !== 'fenced')
+        return unchanged(life, 'nothing-to-lift');
+      return {life: {state: 'overridden', at: event.wall, by: event.by}, change: {to: 'overridden', reason: `unblock by ${event.by}`}};
+  }
+  return unchanged(life);
+}
+
+/** What the firewall should do for a reporter in this state. */
+export function armOf(life: Life): {state: 'armed', until: number} | {state: 'open'} | {state: 'fenced'} {
+  switch (life.state) {
+    case 'healthy':
+      return {state: 'armed', until: life.until};
+    case 'overridden':
+      return {state: 'open'};
+    case 'fenced':
+      return {state: 'fenced'};
+  }
+}
