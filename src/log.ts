@@ -111,19 +111,17 @@ export class LogSink extends Writable {
     });
   }
 
-  /** logrotate's `create`: the next lines go to a new file of the same name (opened off the loop). */
+  /** logrotate's `create`: lines from now on go to a new file of that name (opened off the loop). */
   reopen(): void {
-    if (!('path' in this.target))
+    if (!('path' in this.target) || this.fd === null)
       return;
+    const old = this.fd;
+    // Held back until the new file is open, so they land in it.
+    this.fd = null;
     fs.open(this.target.path, 'a', 0o640, (error, fd) => {
-      if (error !== null)
-        return;
-      const old = this.fd;
-      this.fd = fd;
-      if (old !== null && !this.writing)
-        fs.close(old, () => {});
-      else if (old !== null)
-        setTimeout(() => fs.close(old, () => {}), 5_000).unref();
+      this.fd = error === null ? fd : old;
+      if (error === null)
+        setTimeout(() => fs.close(old, () => {}), this.writing ? 5_000 : 0).unref();
       this.flush();
     });
   }
@@ -192,7 +190,10 @@ export function createLogger(options: LogOptions = {}): LogHandle {
     logger,
     reopen: () => sink?.reopen(),
     close: () => new Promise<void>(resolve => {
+      // A child's result can still arrive after this (an abandoned ss -K): it is not worth a crash.
+      logger.on('error', () => {});
       logger.on('finish', () => {
+        logger.silent = true;
         if (sink === null)
           resolve();
         else

@@ -46,7 +46,7 @@ export interface Firewall {
   apply(desired: ReadonlyArray<DesiredReporter>): Promise<ApplyResult>;
   /** Reads the kernel back; false when it no longer holds what was applied (the next apply repairs it). */
   check(): Promise<boolean>;
-  /** Asks for an apply soon (the table was deleted behind our back...). */
+  /** The kernel may have changed behind our back (a table deleted, a new writer ready): check() it now. */
   onDrift(listener: () => void): void;
   close(): Promise<void>;
 }

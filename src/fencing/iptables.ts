@@ -1,3 +1,4 @@
+import type {Logger} from '../log';
 import {describeRun} from './firewall';
 import type {ApplyResult, DesiredReporter, Firewall, KernelView, Runner} from './firewall';
 import {FAMILIES, fencesByName, jumpIsInPlace, matchesDesired, parseSave, removeAllText, restoreArgv, restoreText, saveArgv} from './rules';
@@ -47,7 +48,7 @@ export class IptablesFirewall implements Firewall {
   /** The fences every family held after the last successful apply; null until one succeeds. */
   private applied: Array<Fence> | null = null;
 
-  constructor(private readonly run: Runner, private readonly families: ReadonlyArray<Family> = FAMILIES) {
+  constructor(private readonly run: Runner, private readonly families: ReadonlyArray<Family> = FAMILIES, private readonly logger?: Logger) {
     for (const family of families)
       this.known.set(family, null);
   }
@@ -107,10 +108,17 @@ export class IptablesFirewall implements Firewall {
     let ok = true;
     for (const family of this.families) {
       const state = await readChain(this.run, family);
-      if (isFailure(state) || !matchesDesired(state, this.applied ?? [])) {
-        ok = false;
-        this.applied = null;
+      if (isFailure(state)) {
+        this.logger?.warn(`cannot read the firewall (${state.what}): ${state.detail}`, {family});
+      } else if (this.applied !== null && !matchesDesired(state, this.applied)) {
+        const expectedRules = this.applied.reduce((n, f) => n + f.ports.length, 0);
+        this.logger?.warn('ebsmon rules were changed behind its back; restoring them', {family, expectedRules, foundRules: state.fences.length, jumpAtTop: state.jumpPositions[0] === 0});
+      } else {
+        this.known.set(family, state);
+        continue;
       }
+      ok = false;
+      this.applied = null;
       this.known.set(family, isFailure(state) ? null : state);
     }
     return ok;

@@ -127,6 +127,7 @@ export type NftablesOptions = {
 type Applied = {comment: string, alive: PortAlive & {until?: number}, certain: boolean};
 
 const DEFAULT_ACK_MS = 3_000;
+const JIFFY_SAFE_MS = 10;
 const START_DEADLINE_MS = 10_000;
 
 /**
@@ -149,7 +150,6 @@ export class NftablesFirewall implements Firewall {
   private replaceNext = true;
   /** The kernel changes an element's timeout on a plain re-add when it differs (Linux 6.10+?): learnt at start-up. */
   private updatesTimeouts = false;
-  private expectedDeletes = 0;
   private watcher: StreamChild | null = null;
   private watcherBuffer = '';
   private readonly driftListeners: Array<() => void> = [];
@@ -273,7 +273,6 @@ export class NftablesFirewall implements Firewall {
     const replacing = this.replaceNext;
     if (replacing) {
       line = replaceTransaction([...plan.values()]);
-      this.expectedDeletes += 1;
     } else {
       const changes = this.diff(plan);
       if (isEmpty(changes))
@@ -282,8 +281,8 @@ export class NftablesFirewall implements Firewall {
     }
     const reply = await this.request(line);
     if (!reply.ok) {
-      if (replacing)
-        this.expectedDeletes = Math.max(0, this.expectedDeletes - 1);
+      if (!replacing && reply.failure === 'error' && isMissing(reply.output))
+        this.lostTable();
       this.replaceNext = true;
       for (const entry of this.applied.values())
         entry.certain = false;
@@ -322,8 +321,7 @@ export class NftablesFirewall implements Firewall {
           changes.open.push(port);
       } else if (have?.alive.kind !== 'armed' || have.alive.until !== alive.until) {
         if (this.updatesTimeouts && have?.certain === true && have.alive.kind === 'armed') {
-          // Only a different timeout is applied by a plain re-add: never the same value twice.
-          const ms = Math.floor(alive.ms) === Math.floor(have.alive.ms) ? alive.ms - 1 : alive.ms;
+          const ms = rearmTimeout(have.alive.ms, alive.ms);
           alive.ms = ms;
           changes.rearm.push({port, ms});
         } else {
@@ -365,7 +363,7 @@ export class NftablesFirewall implements Firewall {
     if (listed === 'failed')
       return this.session !== null && !this.session.dead;
     if (listed === 'missing') {
-      this.replaceNext = true;
+      this.lostTable();
       return false;
     }
     const now = performance.now();
@@ -394,6 +392,12 @@ export class NftablesFirewall implements Firewall {
     return false;
   }
 
+  private lostTable(): void {
+    if (!this.replaceNext)
+      this.options.logger.warn('table inet ebsmon was deleted behind ebsmon\'s back (flush ruleset?); re-creating it with every fence and deadline');
+    this.replaceNext = true;
+  }
+
   onDrift(listener: () => void): void {
     this.driftListeners.push(listener);
   }
@@ -416,15 +420,9 @@ export class NftablesFirewall implements Firewall {
       while ((newline = this.watcherBuffer.indexOf('\n')) !== -1) {
         const line = this.watcherBuffer.slice(0, newline);
         this.watcherBuffer = this.watcherBuffer.slice(newline + 1);
-        if (!isTableDeletion(line))
-          continue;
-        if (this.expectedDeletes > 0) {
-          this.expectedDeletes -= 1;
-          continue;
-        }
-        this.options.logger.warn('table inet ebsmon was deleted behind ebsmon\'s back (flush ruleset?); re-creating it with every fence and deadline');
-        this.replaceNext = true;
-        this.notifyDrift();
+        // Our own replace deletes the table too: the read-back this asks for tells the two apart.
+        if (isTableDeletion(line))
+          this.notifyDrift();
       }
     });
     void watcher.exited.then(() => {
@@ -441,6 +439,18 @@ export class NftablesFirewall implements Firewall {
     this.watcher?.kill();
     this.session?.fail('gone');
   }
+}
+
+/**
+ * The timeout for a plain re-add. The kernel applies one only when the
+ * timeout differs from the element's, in jiffies (4 ms at HZ=250, 10 ms at
+ * HZ=100), so a value within 10 ms of the last one sent becomes 10 ms less
+ * than it: a deadline may come that much early, never late.
+ */
+export function rearmTimeout(lastMs: number, wantMs: number): number {
+  const last = Math.floor(lastMs);
+  const want = Math.floor(wantMs);
+  return Math.abs(want - last) < JIFFY_SAFE_MS ? Math.max(1, last - JIFFY_SAFE_MS) : want;
 }
 
 /**

@@ -59,10 +59,13 @@ export class Applier {
     this.kick();
   }
 
-  /** Something outside changed the kernel (a deleted table, a new writer): apply now, skipping any backoff. */
-  repair(): void {
+  /** Something outside may have changed the kernel (a deleted table, a new writer): read it back now, skipping any backoff. */
+  checkSoon(): void {
+    if (this.closed)
+      return;
     this.retryAt = null;
-    this.schedule('now');
+    this.checkDue = true;
+    this.kick();
   }
 
   /** Resolves once no apply is running or pending (tests, start-up, stop). */
@@ -119,14 +122,15 @@ export class Applier {
         const now = this.options.clock.mono();
         if (this.retryAt !== null && this.retryAt > now)
           break;
-        if (this.urgent || (this.rearmSince !== null && this.rearmSince + this.batchMs <= now)) {
-          this.urgent = false;
-          this.rearmSince = null;
-          await this.applyOnce();
-        } else if (this.checkDue) {
+        // A read-back first: what it finds decides how the next apply writes (changes, or the whole table).
+        if (this.checkDue) {
           this.checkDue = false;
           if (!await this.options.firewall.check())
             this.urgent = true;
+        } else if (this.urgent || (this.rearmSince !== null && this.rearmSince + this.batchMs <= now)) {
+          this.urgent = false;
+          this.rearmSince = null;
+          await this.applyOnce();
         } else {
           break;
         }

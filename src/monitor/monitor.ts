@@ -60,7 +60,7 @@ async function chooseFirewall(options: MonitorOptions, helper: SpawnHelper, run:
       throw new StartupError(`--firewall=nftables: ${started.detail}`);
     logger.warn(`nftables is not usable here (${started.detail}): falling back to iptables, where the monitor itself must be running to fence`);
   }
-  return new IptablesFirewall(run, options.families);
+  return new IptablesFirewall(run, options.families, logger);
 }
 
 /** Spawn directories of monitors that are gone (a kill -9 leaves one behind). */
@@ -139,7 +139,7 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
       if (result.newlyFenced.length > 0)
         effects.closeConnections(result.newlyFenced);
     } else {
-      limited.log('error', `fail:${firewall.name}`, `firewall update failed (${firewall.name}): ${result.detail}; retrying`);
+      limited.log('error', `fail:${firewall.name}`, `firewall update failed: ${result.detail}; retrying`, {firewall: firewall.name});
     }
     for (const transition of transitions.splice(0, inNextApply))
       effects.hook(transition);
@@ -172,7 +172,7 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     reconcileMs: options.reconcileMs ?? RECONCILE_MS[firewall.name],
     onApplied,
   });
-  firewall.onDrift(() => applier.repair());
+  firewall.onDrift(() => applier.checkSoon());
 
   const decoder = new LineDecoder({
     onMessage: message => handle(message),

@@ -206,12 +206,14 @@ export class Registry {
     this.effects.changed(result === 'changed' || portsChanged ? 'now' : 'rearm');
   }
 
+  /** The last heartbeat is when the reporter proved I/O (its sentAt), not when the monitor read it. */
   private accept(record: ReporterRecord, message: Heartbeat, ports: ReadonlyArray<number>, now: number, wall: number): void {
+    const age = Math.max(0, wall - message.sentAt);
     record.pid = message.pid;
     if (!samePorts(record.ports, ports))
       record.ports = ports;
-    record.lastBeatMono = now;
-    record.lastHeartbeatAt = wall;
+    record.lastBeatMono = now - age;
+    record.lastHeartbeatAt = wall - age;
     record.lastProbeMs = message.probeMs;
     record.interval = message.interval;
     record.probeTimeout = message.probeTimeout;

@@ -157,11 +157,12 @@ export class SpawnHelper {
   }
 
   private launch(): void {
+    // --norc: bash reads ~/.bashrc even non-interactively when its stdin is a socket (it takes us for rshd), and Node's pipes are socketpairs.
     // detached: a session of its own, so `kill -TERM 0` in its EXIT trap reaches only its own.
-    const child = spawn('bash', ['-c', SCRIPT, 'ebsmon-spawn-helper', this.dir], {
+    const child = spawn('bash', ['--norc', '--noprofile', '-c', SCRIPT, 'ebsmon-spawn-helper', this.dir], {
       stdio: ['pipe', 'pipe', 'pipe'],
       detached: true,
-      env: {...process.env, LC_ALL: 'C'},
+      env: {...process.env, LC_ALL: 'C', BASH_ENV: ''},
     });
     this.child = child;
     this.gone = null;

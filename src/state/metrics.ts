@@ -14,6 +14,8 @@ type PerReporter = {name: string, type: 'gauge' | 'counter', help: string, value
 const PER_REPORTER: ReadonlyArray<PerReporter> = [
   {name: 'ebsmon_reporter_last_heartbeat_age_seconds', type: 'gauge', help: 'Seconds since the reporter\'s last accepted heartbeat.',
     value: (r, now) => (r.lastHeartbeatAt === null ? NaN : Math.max(0, (now - r.lastHeartbeatAt) / 1000))},
+  {name: 'ebsmon_reporter_deadline_seconds', type: 'gauge', help: 'Seconds until the reporter is fenced if no heartbeat comes (NaN unless healthy).',
+    value: (r, now) => (r.deadlineAt === undefined || r.deadlineAt === null ? NaN : Math.max(0, (r.deadlineAt - now) / 1000))},
   {name: 'ebsmon_reporter_probe_latency_seconds', type: 'gauge', help: 'Latency of the probe behind the last heartbeat.',
     value: r => (r.lastProbeMs === null ? NaN : r.lastProbeMs / 1000)},
   {name: 'ebsmon_reporter_fences_total', type: 'counter', help: 'Times the reporter\'s ports were fenced.', value: r => r.fenceCount},
@@ -52,5 +54,9 @@ export function renderMetrics(snapshot: Snapshot, now: number): string {
     out += `ebsmon_lines_rejected_total{reason="${escapeLabel(reason)}"} ${value(n)}\n`;
   head('ebsmon_firewall_ok', 'gauge', '1 when the last firewall update succeeded.');
   out += `ebsmon_firewall_ok ${snapshot.monitor.firewallOk ? 1 : 0}\n`;
+  if (snapshot.monitor.firewall !== undefined) {
+    head('ebsmon_firewall_backend', 'gauge', 'The firewall backend in use (1), and whether the kernel holds the deadlines.');
+    out += `ebsmon_firewall_backend{backend="${snapshot.monitor.firewall}",deadlines_in_kernel="${snapshot.monitor.deadlinesInKernel === true}"} 1\n`;
+  }
   return out;
 }

@@ -3,7 +3,7 @@ import type {ReporterSnapshot, Snapshot} from './snapshot';
 
 export type StatusView = {
   monitor: Snapshot['monitor'] & {alive: boolean, pulseAgeSeconds: number};
-  reporters: Array<ReporterSnapshot & {lastHeartbeatAgeSeconds: number | null, fencedForSeconds: number | null}>;
+  reporters: Array<ReporterSnapshot & {lastHeartbeatAgeSeconds: number | null, fencedForSeconds: number | null, deadlineInSeconds: number | null}>;
 };
 
 const round1 = (n: number) => Math.round(n * 10) / 10;
@@ -16,6 +16,7 @@ export function statusView(snapshot: Snapshot, now: number): StatusView {
       ...r,
       lastHeartbeatAgeSeconds: r.lastHeartbeatAt === null ? null : round1(Math.max(0, now - r.lastHeartbeatAt) / 1000),
       fencedForSeconds: r.fencedSince === null ? null : round1(Math.max(0, now - r.fencedSince) / 1000),
+      deadlineInSeconds: r.deadlineAt === undefined || r.deadlineAt === null ? null : round1(Math.max(0, r.deadlineAt - now) / 1000),
     })),
   };
 }
@@ -43,9 +44,12 @@ export const ANSI_COLORS: Colors = {
 function headline(view: StatusView): string {
   const m = view.monitor;
   const count = `${view.reporters.length} reporter${view.reporters.length === 1 ? '' : 's'}`;
-  return m.alive
-    ? `monitor alive: pid ${m.pid}, pulse ${m.pulseAgeSeconds.toFixed(1)}s ago, ${count}`
-    : `monitor NOT RUNNING: last pulse ${formatAge(m.pulseAgeSeconds)} (pid ${m.pid}), ${count}; fences are not being kept`;
+  const firewall = m.firewall === undefined ? '' : `, firewall ${m.firewall}${m.deadlinesInKernel === true ? ' (deadlines in the kernel)' : ''}`;
+  if (m.alive)
+    return `monitor alive: pid ${m.pid}, pulse ${m.pulseAgeSeconds.toFixed(1)}s ago, ${count}${firewall}`;
+  // With kernel-held deadlines the fences still land; only recovery, status and alerts wait for a monitor.
+  const consequence = m.deadlinesInKernel === true ? 'the kernel still fences at each deadline, but nothing unfences' : 'fences are not being kept';
+  return `monitor NOT RUNNING: last pulse ${formatAge(m.pulseAgeSeconds)} (pid ${m.pid}), ${count}${firewall}; ${consequence}`;
 }
 
 export function renderTable(view: StatusView, colors: Colors = NO_COLORS): string {
@@ -55,12 +59,13 @@ export function renderTable(view: StatusView, colors: Colors = NO_COLORS): strin
   if (view.reporters.length === 0)
     return `${lines.join('\n')}\nno reporters yet\n`;
 
-  const header = ['REPORTER', 'STATE', 'PORTS', 'LAST HEARTBEAT', 'FENCED SINCE', 'FENCES'];
+  const header = ['REPORTER', 'STATE', 'PORTS', 'LAST HEARTBEAT', 'DEADLINE', 'FENCED SINCE', 'FENCES'];
   const rows = view.reporters.map(r => [
     r.name,
     r.state,
     r.ports.join(',') || '-',
     formatAge(r.lastHeartbeatAgeSeconds),
+    r.deadlineInSeconds === null ? '-' : `in ${r.deadlineInSeconds.toFixed(1)}s`,
     r.fencedSince === null ? '-' : `${new Date(r.fencedSince).toISOString()} (${formatAge(r.fencedForSeconds)})`,
     String(r.fenceCount),
   ]);

@@ -11,7 +11,8 @@ import type {Heartbeat} from '../../src/heartbeat';
 import {readSnapshot} from '../../src/state';
 import {FifoWriter} from '../../src/transport';
 import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, scrubbedEnv, tcpTry} from '../helpers/proc';
-import {EBSMON, LoopVolume, Teardown, createNetRig, foreignRules, inNs, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
+import {BACKENDS, fencedFor, foreignRules, kernelFences} from '../helpers/firewall';
+import {EBSMON, LoopVolume, Teardown, createNetRig, inNs, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 
 const PORT = 7000;
@@ -49,7 +50,8 @@ function sample(file: string, series: string): number | undefined {
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 
-describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
+for (const backend of BACKENDS)
+describe(`ebsmon monitor --firewall=${backend}: real fencing inside network namespaces`, {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
   let dir: string;
   let cleanupDir: () => Promise<void>;
   let teardown: Teardown;
@@ -69,7 +71,7 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     sh(['mkdir', path.join(volume.mountpoint, 'www')]);
     sh(inNs(rig.srv, ['iptables-restore']), {input: SEED_V4});
     sh(inNs(rig.srv, ['ip6tables-restore']), {input: SEED_V6});
-    before0 = foreignRules(rig.srv);
+    before0 = foreignRules(backend, rig.srv);
     server = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
     procs.push(server);
     await waitFor('the server', () => server.stdout.includes('listening'));
@@ -86,7 +88,7 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
   });
 
   const startMonitor = (extra: Array<string> = [], env?: NodeJS.ProcessEnv) => {
-    const proc = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=2', '--recover=2', '--log-level=debug', ...extra], {ns: rig.srv, env});
+    const proc = ebsmon(['monitor', `--firewall=${backend}`, `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=2', '--recover=2', '--log-level=debug', ...extra], {ns: rig.srv, env});
     procs.push(proc);
     return proc;
   };
@@ -103,7 +105,7 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     }
   };
   const stateOf = (name: string) => reporterIn(stateDir, name)?.state;
-  const rules = (tool = 'iptables') => sh(inNs(rig.srv, [tool, '-S', 'EBSMON']), {allowFail: true});
+  const fenced = (name: string, port: number) => fencedFor(backend, rig.srv, name, port);
   const ready = (monitor: Proc) => waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
   const synthetic = (name: string, ports: Array<number>, pid = 4242): Heartbeat => ({v: 1, kind: 'heartbeat', name, pid, ports, interval: 1, probeTimeout: 0.5, seq: 1, sentAt: Date.now(), probeMs: 1});
   const send = (line: Buffer) => {
@@ -121,8 +123,9 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     await waitFor('the reporter to be healthy', () => stateOf('www') === 'healthy');
     assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok');
     assert.equal(await tcpTry(rig.cli, rig.srvV6, PORT), 'ok');
-    assert.equal(foreignRules(rig.srv), before0);
-    assert.match(sh(inNs(rig.srv, ['iptables', '-S', 'INPUT'])).split('\n')[1] ?? '', /ebsmon:jump/, 'jump at position 1');
+    assert.equal(foreignRules(backend, rig.srv), before0);
+    if (backend === 'iptables')
+      assert.match(sh(inNs(rig.srv, ['iptables', '-S', 'INPUT'])).split('\n')[1] ?? '', /ebsmon:jump/, 'jump at position 1');
 
     const talker = new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('holder.mjs'), rig.srvV4, String(PORT), 'talk'], {stdio: ['ignore', 'pipe', 'pipe']}));
     const idle = new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('holder.mjs'), rig.srvV6, String(PORT), 'idle'], {stdio: ['ignore', 'pipe', 'pipe']}));
@@ -132,15 +135,16 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     volume.freeze();
     try {
       await waitFor('the fence', () => stateOf('www') === 'fenced');
-      assert.match(rules(), /--dport 7000 -m comment --comment "?ebsmon:www"? -j REJECT --reject-with tcp-reset/);
-      assert.match(rules('ip6tables'), /--dport 7000 .*ebsmon:www/);
+      await waitFor('the fence in the kernel', () => fenced('www', PORT));
+      if (backend === 'iptables')
+        assert.match(sh(inNs(rig.srv, ['iptables', '-S', 'EBSMON'])), /--dport 7000 -m comment --comment "?ebsmon:www"? -j REJECT --reject-with tcp-reset/);
       assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'refused');
       assert.equal(await tcpTry(rig.cli, rig.srvV6, PORT), 'refused');
       assert.equal(await tcpTry(rig.srv, '127.0.0.1', PORT), 'ok', 'loopback still reaches the service');
       assert.equal(await tcpTry(rig.srv, '::1', PORT), 'ok');
       await waitFor('the talking connection reset', () => /reset|closed/.test(talker.stdout));
       await waitFor('the idle connection closed', () => /reset|closed/.test(idle.stdout));
-      assert.equal(foreignRules(rig.srv), before0, 'foreign rules untouched during the fence');
+      assert.equal(foreignRules(backend, rig.srv), before0, 'foreign rules untouched during the fence');
     } finally {
       volume.thaw();
     }
@@ -148,8 +152,8 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     await waitFor('the flap in metrics.prom', () => sample(path.join(stateDir, 'metrics.prom'), 'ebsmon_reporter_flaps_total{reporter="www"}') === 1);
     assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok');
     assert.equal(await tcpTry(rig.cli, rig.srvV6, PORT), 'ok');
-    assert.equal(foreignRules(rig.srv), before0, 'foreign rules untouched after');
-    assert.doesNotMatch(rules(), /ebsmon:www/);
+    assert.equal(foreignRules(backend, rig.srv), before0, 'foreign rules untouched after');
+    assert.equal(fenced('www', PORT), false);
 
     await reporter.stop();
     await monitor.stop();
@@ -164,15 +168,15 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     await waitFor('healthy', () => stateOf('www') === 'healthy');
     volume.freeze();
     try {
-      await waitFor('the fence', () => stateOf('www') === 'fenced');
+      await waitFor('the fence', () => stateOf('www') === 'fenced' && fenced('www', PORT));
       first.kill('SIGKILL');
       await first.exited;
-      assert.match(rules(), /ebsmon:www/);
+      assert.ok(fenced('www', PORT));
       const second = startMonitor();
       let dropped = false;
       const watch = async (untilDone: () => boolean) => {
         while (!untilDone()) {
-          if (!/ebsmon:www/.test(rules()))
+          if (!fenced('www', PORT))
             dropped = true;
           await new Promise(resolve => setTimeout(resolve, 20));
         }
@@ -230,7 +234,7 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     assert.equal(stateOf('www'), 'healthy');
     assert.equal(stateOf('ghost'), 'fenced');
     assert.equal(fs.existsSync(marker), false);
-    assert.doesNotMatch(`${rules()}${rules('ip6tables')}`, /dport 22\b/);
+    assert.equal(kernelFences(backend, rig.srv).has(22), false);
     assert.ok((snapshot()?.monitor.linesRejected.name ?? 0) >= 2);
     assert.ok((snapshot()?.monitor.linesRejected.oversize ?? 0) >= 1);
 
@@ -277,7 +281,8 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
       assert.match(critical.stdout, /^CRITICAL: 1 of 1 reporters fenced \(www\)/);
       const table = await status();
       assert.equal(table.code, 0);
-      assert.match(table.stdout, /^monitor alive: pid \d+, pulse \d+\.\ds ago, 1 reporter\nREPORTER +STATE +PORTS +LAST HEARTBEAT +FENCED SINCE +FENCES\nwww +fenced +7000 +\d+\.\ds ago +\d{4}-.*Z \(\d+\.\ds ago\) +1\n$/);
+      const headline = backend === 'nftables' ? 'firewall nftables \\(deadlines in the kernel\\)' : 'firewall iptables';
+      assert.match(table.stdout, new RegExp(`^monitor alive: pid \\d+, pulse \\d+\\.\\ds ago, 1 reporter, ${headline}\nREPORTER +STATE +PORTS +LAST HEARTBEAT +DEADLINE +FENCED SINCE +FENCES\nwww +fenced +7000 +\\d+\\.\\ds ago +- +\\d{4}-.*Z \\(\\d+\\.\\ds ago\\) +1\n$`));
       const json = JSON.parse((await status('--json')).stdout);
       assert.equal(json.monitor.alive, true);
       assert.equal(json.reporters[0].state, 'fenced');
@@ -302,7 +307,7 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
       send(encodeMessage(synthetic('slowhook', [7003])));
       await waitFor('slowhook fenced', () => stateOf('slowhook') === 'fenced');
       send(encodeMessage(synthetic('after', [7004])));
-      await waitFor('the next fence despite a hanging hook', () => stateOf('after') === 'fenced' && /ebsmon:after/.test(rules()));
+      await waitFor('the next fence despite a hanging hook', () => stateOf('after') === 'fenced' && fenced('after', 7004));
 
       const lifted = await ebsmonOnce(['unblock', '--reporter=www', `--fifo=${fifo}`, `--state-dir=${stateDir}`]);
       assert.equal(lifted.code, 0, lifted.stderr);
@@ -347,7 +352,7 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     await ready(monitor);
     send(encodeMessage(synthetic('left', [7006])));
     send(encodeMessage(synthetic('right', [7007])));
-    await waitFor('both fenced', () => stateOf('left') === 'fenced' && stateOf('right') === 'fenced' && /ebsmon:right/.test(rules()) && /ebsmon:left/.test(rules()));
+    await waitFor('both fenced', () => stateOf('left') === 'fenced' && stateOf('right') === 'fenced' && fenced('right', 7007) && fenced('left', 7006));
     monitor.kill('SIGKILL');
     await monitor.exited;
     const stale = await ebsmonOnce(['status', `--state-dir=${stateDir}`, '--nagios']);
@@ -356,17 +361,19 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
 
     const one = await ebsmonOnce(['unblock', '--reporter=left', `--fifo=${fifo}`, `--state-dir=${stateDir}`], {ns: rig.srv});
     assert.equal(one.code, 0, one.stderr);
-    assert.equal(one.stdout, 'no monitor running: removed ebsmon rules for left from iptables and ip6tables\n');
-    assert.doesNotMatch(rules(), /ebsmon:left/);
-    assert.match(rules(), /ebsmon:right/);
+    assert.equal(one.stdout, backend === 'iptables'
+      ? 'no monitor running: removed ebsmon rules for left from iptables and ip6tables\n'
+      : 'no monitor running: opened left\'s port(s) 7006 in table inet ebsmon (no deadline until the next monitor re-arms them)\n');
+    assert.equal(fenced('left', 7006), false);
+    assert.ok(fenced('right', 7007));
     assert.equal(stateOf('left'), 'overridden');
 
     const all = await ebsmonOnce(['unblock', '--all', `--fifo=${fifo}`, `--state-dir=${stateDir}`], {ns: rig.srv});
     assert.equal(all.code, 0, all.stderr);
-    assert.match(all.stdout, /^no monitor running: removed every ebsmon rule/);
-    const save = sh(inNs(rig.srv, ['iptables-save'])) + sh(inNs(rig.srv, ['ip6tables-save']));
+    assert.match(all.stdout, backend === 'iptables' ? /^no monitor running: removed every ebsmon rule/ : /^no monitor running: deleted table inet ebsmon/);
+    const save = sh(inNs(rig.srv, ['iptables-save'])) + sh(inNs(rig.srv, ['ip6tables-save'])) + sh(inNs(rig.srv, ['nft', 'list', 'ruleset']));
     assert.doesNotMatch(save, /EBSMON|ebsmon/);
-    assert.equal(foreignRules(rig.srv), before0);
+    assert.equal(foreignRules(backend, rig.srv), before0);
 
     fs.writeFileSync(path.join(stateDir, 'state.json'), '{"v": 1, "monitor": 42');
     const corrupt = await ebsmonOnce(['status', `--state-dir=${stateDir}`]);
@@ -379,25 +386,25 @@ describe('ebsmon monitor: real fencing inside network namespaces', {skip: !isRoo
     assert.match(missing.stdout, /^UNKNOWN: no ebsmon snapshot at /);
   });
 
-  it('puts back rules flushed behind its back, and retries a broken iptables until it works', async (t: TestContext) => {
+  it('puts back rules flushed behind its back, and retries a broken iptables until it works', {skip: backend !== 'iptables' && 'iptables only: deadlines.test.ts covers nftables'}, async (t: TestContext) => {
     requireRoot(t);
     const bin = path.join(dir, 'bin');
     fs.mkdirSync(bin, {recursive: true});
     for (const tool of ['iptables-restore', 'ip6tables-restore'])
       fs.writeFileSync(path.join(bin, tool), '#!/bin/sh\necho "broken on purpose" >&2\nexit 4\n', {mode: 0o755});
     const monitor = startMonitor(['--protect-ports='], scrubbedEnv({PATH: `${bin}:${process.env.PATH}`}));
-    await waitFor('the failure logged', () => monitor.logs().some(l => /firewall update failed \(iptables-restore\): exit 4: broken on purpose; retrying/.test(String(l.message))));
+    await waitFor('the failure logged', () => monitor.logs().some(l => /firewall update failed: iptables-restore: exit 4: broken on purpose/.test(String(l.message))));
     assert.ok(monitor.running);
     for (const tool of ['iptables-restore', 'ip6tables-restore'])
       fs.writeFileSync(path.join(bin, tool), `#!/bin/sh\nexec /usr/sbin/${tool} "$@"\n`, {mode: 0o755});
     await ready(monitor);
     send(encodeMessage(synthetic('flushme', [7002])));
-    await waitFor('flushme fenced', () => stateOf('flushme') === 'fenced' && /ebsmon:flushme/.test(rules()));
+    await waitFor('flushme fenced', () => stateOf('flushme') === 'fenced' && fenced('flushme', 7002));
 
     sh(inNs(rig.srv, ['iptables', '-F', 'EBSMON']));
     sh(inNs(rig.srv, ['iptables', '-D', 'INPUT', '-m', 'comment', '--comment', 'ebsmon:jump', '-j', 'EBSMON']));
-    await waitFor('the rule and the jump back', () => /ebsmon:flushme/.test(rules()) && /ebsmon:jump/.test(sh(inNs(rig.srv, ['iptables', '-S', 'INPUT']))), 15_000);
-    assert.ok(monitor.logs().some(l => /changed behind its back/.test(String(l.message))));
+    await waitFor('the rule and the jump back', () => fenced('flushme', 7002) && /ebsmon:jump/.test(sh(inNs(rig.srv, ['iptables', '-S', 'INPUT']))), 15_000);
+    await waitFor('the repair logged', () => monitor.logs().some(l => /changed behind its back/.test(String(l.message))));
     await monitor.stop();
   });
 });

@@ -182,11 +182,35 @@ export function inNs(ns: string, argv: Array<string>): Array<string> {
   return ['ip', 'netns', 'exec', ns, ...argv];
 }
 
-/** iptables-save of both families minus ebsmon's lines, comments and counters. */
-export function foreignRules(ns: string): string {
-  const strip = (text: string) => text.split('\n')
-    .filter(line => !line.startsWith('#') && !/EBSMON|ebsmon:/.test(line))
-    .map(line => line.replace(/\[\d+:\d+\]/g, '[0:0]'))
-    .join('\n');
-  return `${strip(sh(inNs(ns, ['iptables-save'])))}\n---\n${strip(sh(inNs(ns, ['ip6tables-save'])))}`;
+/** The state letter of a process (R, S, D, T, Z...), or null when there is none. */
+export function processState(pid: number): string | null {
+  try {
+    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Every process below `pid`, from /proc: the children a test may signal are the ones it started. */
+export function descendants(pid: number): Array<number> {
+  const children = new Map<number, Array<number>>();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry))
+      continue;
+    try {
+      const ppid = Number(fs.readFileSync(`/proc/${entry}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
+    } catch {
+      // Gone while we looked.
+    }
+  }
+  const out: Array<number> = [];
+  const walk = (parent: number) => {
+    for (const child of children.get(parent) ?? []) {
+      out.push(child);
+      walk(child);
+    }
+  };
+  walk(pid);
+  return out;
 }

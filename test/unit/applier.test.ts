@@ -134,15 +134,16 @@ describe('Applier: the one serial loop that owns the firewall', () => {
     assert.equal(firewall.calls.filter(c => c === 'apply').length, 4, 'no apply without a change');
   });
 
-  it('repair() skips the backoff (a new writer is ready, or the table was deleted)', async () => {
+  it('checkSoon() reads back at once, skipping the backoff (a new writer is ready, or the table was deleted)', async () => {
     firewall.failNext = 2;
     applier.schedule('now');
     await step(0);
     await step(250);
     assert.equal(firewall.calls.length, 2);
-    applier.repair();
+    firewall.checkOk = false;
+    applier.checkSoon();
     await step(0);
-    assert.equal(firewall.calls.length, 3);
+    assert.deepEqual(firewall.calls, ['apply', 'apply', 'check', 'apply']);
   });
 
   it('reads the kernel back on its cadence; drift means an apply', async () => {

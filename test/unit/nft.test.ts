@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import {describe, it} from 'node:test';
 
-import {FENCE_RULE, changesTransaction, commentFor, emptyChanges, parseDuration, parseTable, planPorts, replaceTransaction} from '../../src/fencing';
+import {FENCE_RULE, changesTransaction, commentFor, emptyChanges, parseDuration, parseTable, planPorts, rearmTimeout, replaceTransaction} from '../../src/fencing';
 
 const LISTING = `table inet ebsmon {
 \tset guarded {
@@ -100,6 +100,13 @@ describe('nftables text: built and read by pure functions', () => {
     assert.deepEqual(plan.get(8443)?.alive, {kind: 'fenced'});
     assert.deepEqual(plan.get(9000)?.alive, {kind: 'armed', ms: 6_000, until: 7_000}, 'an override does not lift a healthy co-owner\'s deadline');
     assert.deepEqual(plan.get(9100)?.alive, {kind: 'fenced'}, 'a deadline already past is a fence, never an arm');
+  });
+
+  it('a plain re-add always changes the timeout by more than a jiffy, and never past the deadline', () => {
+    assert.equal(rearmTimeout(1_896, 1_896.7), 1_886, 'the same value again would be ignored by the kernel');
+    assert.equal(rearmTimeout(1_886, 1_896.2), 1_896);
+    assert.equal(rearmTimeout(1_897, 1_896), 1_887, 'same jiffy at HZ=250 or 100: 10 ms less, not more');
+    assert.equal(rearmTimeout(1_500, 1_900), 1_900);
   });
 
   it('element comments stay within nft\'s 128 bytes', () => {
