@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {LineDecoder, encodeMessage} from '../src/heartbeat';
-import {Prober} from '../src/probe';
+import {Prober, pinPath, readMountTable} from '../src/probe';
 import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
 import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
 import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
@@ -64,7 +64,8 @@ async function decodeThroughput(dir: string): Promise<void> {
 
 async function probeCost(volume: LoopVolume): Promise<void> {
   fs.mkdirSync(path.join(volume.mountpoint, 'bench'), {recursive: true});
-  const prober = new Prober(path.join(volume.mountpoint, 'bench'), 'bench', 'direct', 3000);
+  const pin = pinPath(path.join(volume.mountpoint, 'bench'), readMountTable());
+  const prober = new Prober({dir: pin.dir, name: 'bench', dev: pin.dev, ino: pin.ino}, 'direct', 3000);
   const times: Array<number> = [];
   for (let i = 0; i < 200; i++) {
     const outcome = await prober.probe(i);

@@ -100,7 +100,9 @@ export function checkMount(entries: ReadonlyArray<MountEntry>, target: string, p
   const where = now === undefined ? 'no mount covers it now' : `it is now on ${describeMount(now)}`;
   if (!entries.some(e => sameMount(e, pinned)))
     return {code: 'EMOUNTGONE', reason: `mount gone: ${pinned.source} (${pinned.device}) is no longer mounted at ${pinned.mountPoint}; ${where}`};
-  return {code: 'EMOUNTREPLACED', reason: `mount replaced: ${where}, not the pinned ${describeMount(pinned)} (${pinned.device})`};
+  // Pinned to / means it started before its volume was mounted: the new mount is likely the right one, but only a restart may stat the path again.
+  const hint = pinned.mountPoint === '/' ? '; the reporter started before this volume was mounted: restart it to watch the volume' : '';
+  return {code: 'EMOUNTREPLACED', reason: `mount replaced: ${where}, not the pinned ${describeMount(pinned)} (${pinned.device})${hint}`};
 }
 
 export type FstabEntry = {spec: string, file: string, fstype: string};
