@@ -144,8 +144,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   /** Why the last send failed, or null while sends succeed: logs once per change, then reminders. */
   let sendFailure: string | null = null;
   let failingSince = 0;
-  /** The oldest proof behind the last heartbeat: the next one needs newer proofs of every path. */
-  let lastClaim = -Infinity;
+  /** When the last heartbeat was decided: the next one needs a proof of every path started after it. */
+  let lastBeatAt = -Infinity;
 
   let paths: Array<PathInfo> | undefined = pins.map(pathInfo);
   const worstCase: Heartbeat = {v: 1, kind: 'heartbeat', name: options.name, pid: process.pid, ports: options.ports, interval: options.interval, probeTimeout: options.probeTimeout, seq: Number.MAX_SAFE_INTEGER, sentAt: Date.now() * 10, probeMs: 1e9 + 0.25, paths};
@@ -217,8 +217,9 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
 
   /**
    * Healthy only when every path's latest probe passed; a heartbeat only when
-   * every path has proven I/O since the oldest proof behind the last one, so a
-   * path whose probe is still in flight holds the heartbeat back.
+   * every path has proven I/O with a probe started after the last heartbeat,
+   * so a path whose probe is still in flight holds the heartbeat back, and one
+   * round of probes gives one heartbeat.
    */
   const evaluate = () => {
     const failing = watched.filter(w => w.latest !== null && !w.latest.ok);
@@ -231,10 +232,9 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     }
     if (watched.some(w => w.latest === null))
       return;
-    const claim = Math.min(...watched.map(w => w.provenAt));
-    if (claim <= lastClaim)
+    if (watched.some(w => w.provenAt <= lastBeatAt))
       return;
-    lastClaim = claim;
+    lastBeatAt = performance.now();
     const ms = Math.max(...watched.map(w => w.latest!.ms));
     transition({ok: true, ms});
     if (!signal.aborted)

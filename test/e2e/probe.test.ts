@@ -37,12 +37,31 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
     volumes.push(created);
     return created;
   };
+  /** A volume taken off its mount point, with a directory db made there on the root disk: what a watched path is without its volume. */
+  const unmounted = (name: string) => {
+    const vol = volume(name);
+    sh(['umount', vol.mountpoint]);
+    const data = path.join(vol.mountpoint, 'db');
+    fs.mkdirSync(data);
+    return {vol, data};
+  };
   const report = (monitors: Array<string>, fifo: string, extra: Array<string> = []) => {
     const proc = ebsmon(['report', ...monitors.map(m => `--monitor=${m}`), '--ports=3306', `--fifo=${fifo}`, '--interval=0.1', '--probe-timeout=1', '--log-level=debug', ...extra]);
     procs.push(proc);
     return proc;
   };
   const asNobody = (argv: Array<string>) => sh(['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', '--', ...argv]);
+  /** A reporter on `monitors` heartbeating into a FIFO the test reads; stopped whatever the body does. */
+  const withReporter = async (tag: string, monitors: Array<string>, body: (reporter: Proc, monitor: ReturnType<typeof listen>) => Promise<void>, extra: Array<string> = []) => {
+    const monitor = listen(path.join(dir, `${tag}.fifo`));
+    const reporter = report(monitors, path.join(dir, `${tag}.fifo`), extra);
+    try {
+      await body(reporter, monitor);
+    } finally {
+      await reporter.stop();
+      monitor.close();
+    }
+  };
   const beatsAfter = async (monitor: ReturnType<typeof listen>, more: number, what: string) => {
     const from = monitor.beats().length;
     await waitFor(what, () => monitor.beats().length >= from + more);
@@ -68,10 +87,7 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
     const original = [fs.readFileSync(secret), fs.readFileSync(theirs)];
 
     asNobody(['ln', '-s', secret, probe]);
-    const fifo = path.join(dir, 'plant.fifo');
-    const monitor = listen(fifo);
-    const reporter = report([data], fifo);
-    try {
+    await withReporter('plant', [data], async (reporter, monitor) => {
       await waitFor('the symlink planted before start reported', () => logged(reporter, /found a symlink \(owner uid 65534, 1 link, inode \d+\) that this reporter did not create; removed it without following it \(its target is untouched\)/));
       await waitFor('heartbeats', () => monitor.beats().length >= 2);
 
@@ -110,10 +126,7 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
       assert.ok(stat.isFile() && stat.uid === 0 && stat.nlink === 1 && (stat.mode & 0o777) === 0o600, 'the probe file is the reporter\'s own again');
       assert.match(fs.readFileSync(probe, 'utf8'), /^ebsmon probe name=db pid=\d+ seq=\d+\n?/);
       assert.ok(reporter.running);
-    } finally {
-      await reporter.stop();
-      monitor.close();
-    }
+    });
   });
 
   it('two paths, one frozen: no heartbeat, the reason names the frozen path, and the other path is still probed', async (t: TestContext) => {
@@ -122,10 +135,7 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
     const [dataDir, logDir] = [path.join(a.mountpoint, 'mysql'), path.join(b.mountpoint, 'binlog')];
     fs.mkdirSync(dataDir);
     fs.mkdirSync(logDir);
-    const fifo = path.join(dir, 'two.fifo');
-    const monitor = listen(fifo);
-    const reporter = report([dataDir, logDir], fifo);
-    try {
+    await withReporter('two', [dataDir, logDir], async (reporter, monitor) => {
       await waitFor('heartbeats', () => monitor.beats().length >= 2);
       const first = monitor.beats()[0]!;
       assert.equal(first.name, 'mysql', 'named after the first --monitor');
@@ -148,6 +158,8 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
         await waitFor('the other path probed 10 more times', () => countLogged(reporter, /^probe passed$/, logDir) >= passed + 10);
         assert.notEqual(fs.readFileSync(probeFile, 'utf8'), content);
         assert.equal(monitor.beats().length, stopped, 'no heartbeat while one path is frozen');
+        // Each heartbeat needs a fresh proof of every path: never more heartbeats than probes of the first path.
+        assert.ok(stopped <= countLogged(reporter, /^probe passed$/, dataDir), `${stopped} heartbeats, ${countLogged(reporter, /^probe passed$/, dataDir)} probes of ${dataDir}`);
         const failures = reporter.logs().filter(l => /^probe (failed|still failing)/.test(String(l.message)));
         assert.ok(failures.every(l => String(l.message).includes(dataDir) && !String(l.message).includes(logDir)), 'only the frozen path is named');
       } finally {
@@ -155,10 +167,7 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
       }
       await beatsAfter(monitor, 2, 'heartbeats after the thaw');
       assert.ok(logged(reporter, /probe healthy again/));
-    } finally {
-      await reporter.stop();
-      monitor.close();
-    }
+    });
   });
 
   it('a volume mounted over the watched one fails with "mount replaced"; unmounting it again recovers', async (t: TestContext) => {
@@ -167,10 +176,7 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
     const data = path.join(base.mountpoint, 'db');
     fs.mkdirSync(data);
     fs.mkdirSync(path.join(other.mountpoint, 'db'));
-    const fifo = path.join(dir, 'replaced.fifo');
-    const monitor = listen(fifo);
-    const reporter = report([data], fifo);
-    try {
+    await withReporter('replaced', [data], async (reporter, monitor) => {
       await waitFor('heartbeats', () => monitor.beats().length >= 2);
       sh(['mount', other.device, base.mountpoint]);
       teardown.add(['umount', base.mountpoint]);
@@ -184,41 +190,29 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
         sh(['umount', base.mountpoint]);
       }
       await beatsAfter(monitor, 2, 'heartbeats once the pinned volume is visible again');
-    } finally {
-      await reporter.stop();
-      monitor.close();
-    }
+    });
   });
 
   it('a path with no volume mounted: a warning, --require-mount exits 1; a volume mounted later is "mount replaced"; a log file there is warned about', async (t: TestContext) => {
     requireRoot(t);
-    const late = volume('late');
-    sh(['umount', late.mountpoint]);
-    const data = path.join(late.mountpoint, 'db');
-    fs.mkdirSync(data);
+    const {vol: late, data} = unmounted('late');
 
     const refused = await ebsmonOnce(['report', `--monitor=${data}`, '--ports=3306', `--fifo=${dir}/none.fifo`, '--require-mount']);
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, new RegExp(`${data}: no separate volume is mounted there: it is on / \\(\\S+, \\w+\\), so the probe proves the root disk \\(--require-mount: refusing to start\\)`));
     assert.deepEqual(fs.readdirSync(data), [], 'refused before any probe');
 
-    const fifo = path.join(dir, 'late.fifo');
-    const monitor = listen(fifo);
     // On the root disk too, beside the mount point (not under it: the volume mounted later would hide it).
     const logfile = path.join(dir, 'late.log');
-    const reporter = report([data], fifo, [`--logfile=${logfile}`]);
     const logs = () => (fs.existsSync(logfile) ? fs.readFileSync(logfile, 'utf8') : '');
-    try {
+    await withReporter('late', [data], async (_reporter, monitor) => {
       await waitFor('the warning', () => logs().includes(`${data}: no separate volume is mounted there: it is on /`));
       await waitFor('the log file warning', () => logs().includes(`--logfile=${logfile} is on the same device as ${data}`));
       await waitFor('heartbeats, from the root disk as warned', () => monitor.beats().length >= 1);
       sh(['mount', late.device, late.mountpoint]);
       fs.mkdirSync(data);
       await waitFor('mount replaced', () => /mount replaced: it is now on \/dev\/loop\d+ \(ext4\) mounted at .*; the reporter started before this volume was mounted: restart it to watch the volume/.test(logs()));
-    } finally {
-      await reporter.stop();
-      monitor.close();
-    }
+    }, [`--logfile=${logfile}`]);
   });
 
   it('refuses the same directory twice, and more than 8 directories', async () => {
@@ -232,11 +226,8 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
 
   it('lazy unmount: "mount gone", no heartbeat while gone, the shadowed directory untouched, and the monitor fences by --timeout plus one interval', async (t: TestContext) => {
     requireRoot(t);
-    const vol = volume('lazy');
     // The directory the volume hides, on the root disk under the mount point: what a probe by path would find after the unmount.
-    sh(['umount', vol.mountpoint]);
-    const data = path.join(vol.mountpoint, 'db');
-    fs.mkdirSync(data);
+    const {vol, data} = unmounted('lazy');
     sh(['mount', vol.device, vol.mountpoint]);
     fs.mkdirSync(data);
 
