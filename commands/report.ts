@@ -17,7 +17,7 @@ export class ReportCommand extends DaemonCommand {
 
       Give \`--monitor\` once per volume the service needs (data, binlog or WAL, redo log), up to 8. At start each is resolved and pinned to its mount in /proc/self/mountinfo (logged as "watching DIR on DEVICE (FSTYPE) mounted at POINT"); before each probe the mount table is read again, and a mount that is gone or replaced fails the probe. A directory that is on / gets a warning, as does one whose /etc/fstab volume is not mounted; \`--require-mount\` makes both an error (exit 1).
 
-      As root in a directory another user owns, the probe never follows a link and writes only to a regular file it created itself (O_NOFOLLOW, O_CREAT|O_EXCL; owner, link count, inode and device checked with fstat on the descriptor it writes through). Anything else at the probe name (symlink, FIFO, hard link, socket, directory) is removed without following it and logged as an error; nothing outside the watched directory is touched.
+      As root in a directory another user owns, the probe never follows a link and writes only to a regular file it created itself (O_NOFOLLOW, O_CREAT|O_EXCL; owner, link count, inode and device checked with fstat on the descriptor it writes through). Anything else at the probe name (symlink, FIFO, hard link, socket, directory) is removed without following it (a directory that is not empty is renamed aside, never entered) and logged as an error; nothing outside the watched directory is touched.
 
       SIGTERM stops it within 2 s; if the disks were healthy it says goodbye first (the monitor forgets it), otherwise it says nothing and the fence stays.
     `,
