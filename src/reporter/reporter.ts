@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {StartupError} from '../errors';
-import {MAX_LINE_BYTES, MAX_PATHS, PATH_FIELD_MAX, encodeMessage} from '../heartbeat';
+import {MAX_LINE_BYTES, MAX_PATHS, PATH_FIELD_MAX, encodeMessage, isHeartbeat} from '../heartbeat';
 import type {Heartbeat, PathInfo} from '../heartbeat';
 import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
@@ -42,8 +42,10 @@ export function defaultName(monitorDir: string): string {
   return path.basename(path.resolve(monitorDir));
 }
 
-/** Keeps the end of a long path (the informative part) within the wire limit. */
+/** Keeps the end of a long path (the informative part) within the wire limit; never empty (a mount's source can be). */
 function clip(text: string, max: number): string {
+  if (text === '')
+    return '-';
   return text.length <= max ? text : `\u2026${text.slice(text.length - max + 1)}`;
 }
 
@@ -149,8 +151,10 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
 
   let paths: Array<PathInfo> | undefined = pins.map(pathInfo);
   const worstCase: Heartbeat = {v: 1, kind: 'heartbeat', name: options.name, pid: process.pid, ports: options.ports, interval: options.interval, probeTimeout: options.probeTimeout, seq: Number.MAX_SAFE_INTEGER, sentAt: Date.now() * 10, probeMs: 1e9 + 0.25, paths};
-  if (Buffer.byteLength(JSON.stringify(worstCase)) + 1 > MAX_LINE_BYTES) {
-    logger.warn(`the watched paths' devices would make a heartbeat longer than ${MAX_LINE_BYTES} bytes (PIPE_BUF); heartbeats go without them`);
+  // The monitor drops a heartbeat that fails its schema (and then fences): better no devices than no heartbeat.
+  const errors: Array<string> = [];
+  if (!isHeartbeat(worstCase, {errors}) || Buffer.byteLength(JSON.stringify(worstCase)) + 1 > MAX_LINE_BYTES) {
+    logger.warn(`heartbeats go without the watched paths' devices: ${errors.length > 0 ? errors.join('; ') : `they would make a heartbeat longer than ${MAX_LINE_BYTES} bytes (PIPE_BUF)`}`);
     paths = undefined;
   }
 
