@@ -2,7 +2,8 @@
 # they need on a fresh Debian machine (as root): system tools, then npm ci.
 SHELL := /bin/bash
 NODE_TEST := node --import tsx --test --test-reporter=spec
-SYSTEM_TOOLS := iptables iproute2 util-linux e2fsprogs coreutils procps systemd
+# perl-base runs the probe child (Essential on Debian, listed so it is never assumed).
+SYSTEM_TOOLS := iptables iproute2 util-linux e2fsprogs coreutils procps systemd perl-base
 # For the tests and the bench only: promtool (package prometheus) checks
 # metrics.prom; the MariaDB end-to-end test starts its own mariadbd.
 TEST_TOOLS := prometheus mariadb-server mariadb-client

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {LineDecoder, encodeMessage} from '../src/heartbeat';
-import {Prober} from '../src/probe';
+import {Prober, pinPath, probeArgv, readMountTable} from '../src/probe';
 import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
 import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
 import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
@@ -64,7 +64,8 @@ async function decodeThroughput(dir: string): Promise<void> {
 
 async function probeCost(volume: LoopVolume): Promise<void> {
   fs.mkdirSync(path.join(volume.mountpoint, 'bench'), {recursive: true});
-  const prober = new Prober(path.join(volume.mountpoint, 'bench'), 'bench', 'direct', 3000);
+  const pin = pinPath(path.join(volume.mountpoint, 'bench'), readMountTable());
+  const prober = new Prober({dir: pin.dir, name: 'bench', dev: pin.dev, ino: pin.ino}, 'direct', 3000);
   const times: Array<number> = [];
   for (let i = 0; i < 200; i++) {
     const outcome = await prober.probe(i);
@@ -76,17 +77,18 @@ async function probeCost(volume: LoopVolume): Promise<void> {
   results.probeMs = s;
 }
 
-/** A reporter heartbeating into a FIFO the bench reads: its memory over time and its CPU, dd included. */
-async function reporterRun(volume: LoopVolume, dir: string, interval: number, seconds: number, sample: (pid: number) => void = () => {}): Promise<{beats: number, ownTicks: number, allTicks: number}> {
-  const fifo = path.join(dir, `rep-${interval}.fifo`);
+/** A reporter heartbeating into a FIFO the bench reads: its memory over time and its CPU, probe children included. */
+async function reporterRun(monitors: Array<string>, dir: string, interval: number, seconds: number, sample: (pid: number) => void = () => {}): Promise<{beats: number, ownTicks: number, allTicks: number}> {
+  const fifo = path.join(dir, `rep-${interval}-${monitors.length}.fifo`);
   ensureFifo(fifo);
   let beats = 0;
   const decoder = new LineDecoder({onMessage: () => {
     beats += 1;
   }, onReject: () => {}});
   const reader = openFifoReader(fifo, chunk => decoder.push(chunk));
-  fs.mkdirSync(path.join(volume.mountpoint, 'bench'), {recursive: true});
-  const proc = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'bench')}`, '--ports=80', `--fifo=${fifo}`, `--interval=${interval}`]);
+  for (const monitor of monitors)
+    fs.mkdirSync(monitor, {recursive: true});
+  const proc = ebsmon(['report', ...monitors.map(m => `--monitor=${m}`), '--ports=80', `--fifo=${fifo}`, `--interval=${interval}`]);
   await waitFor('heartbeats', () => beats > 2);
   const beats0 = beats;
   const own0 = cpuTicks(proc.pid);
@@ -105,7 +107,8 @@ async function reporterRun(volume: LoopVolume, dir: string, interval: number, se
 async function reporterFootprint(volume: LoopVolume, dir: string, seconds: number): Promise<void> {
   const rss: Array<number> = [];
   const own: Array<number> = [];
-  const fast = await reporterRun(volume, dir, 0.1, seconds, pid => {
+  const bench = [path.join(volume.mountpoint, 'bench')];
+  const fast = await reporterRun(bench, dir, 0.1, seconds, pid => {
     rss.push(rssKb(pid) / 1024);
     own.push(privateKb(pid) / 1024);
   });
@@ -121,13 +124,76 @@ async function reporterFootprint(volume: LoopVolume, dir: string, seconds: numbe
   await idle.stop();
   line('  for scale: node with an empty event loop', `RSS ${idleRss.toFixed(1)} MB (private ${idlePrivate.toFixed(1)} MB)`);
   const perProbeMs = fast.allTicks * 10 / fast.beats;
-  line('reporter CPU per probe (reporter + dd children)', `${perProbeMs.toFixed(2)} ms (${fast.beats} probes at --interval=0.1)`);
-  line('reporter CPU at --interval=0.1', `${(fast.ownTicks / seconds).toFixed(2)} % of a core own, ${(fast.allTicks / seconds).toFixed(2)} % with dd`);
-  const slow = await reporterRun(volume, dir, 1, 60);
-  line('reporter CPU at the default --interval=1, 60 s', `${(slow.ownTicks / 60).toFixed(2)} % of a core own, ${(slow.allTicks / 60).toFixed(2)} % with dd`);
+  line('reporter CPU per probe (reporter + probe children)', `${perProbeMs.toFixed(2)} ms (${fast.beats} probes at --interval=0.1)`);
+  line('reporter CPU at --interval=0.1', `${(fast.ownTicks / seconds).toFixed(2)} % of a core own, ${(fast.allTicks / seconds).toFixed(2)} % with probe children`);
+  const slow = await reporterRun(bench, dir, 1, 60);
+  line('reporter CPU at the default --interval=1, 60 s', `${(slow.ownTicks / 60).toFixed(2)} % of a core own, ${(slow.allTicks / 60).toFixed(2)} % with probe children`);
   results.reporter = {seconds, rssFirstMb: rss[0], rssLastMb: rss.at(-1), rssMaxMb: Math.max(...rss), rssGrowthLastMinuteMb: growth, privateMaxMb: Math.max(...own),
     cpuMsPerProbe: perProbeMs, cpuPercentAt10Hz: fast.ownTicks / seconds, cpuPercentAt10HzWithDd: fast.allTicks / seconds,
     cpuPercentAt1Hz: slow.ownTicks / 60, cpuPercentAt1HzWithDd: slow.allTicks / 60, idleNodeRssMb: idleRss, idleNodePrivateMb: idlePrivate};
+}
+
+/** CPU (user + system) of `runs` children started one after another, per child, in ms: from this process's reaped-children times. */
+function childCpuMs(runs: number, once: () => void): number {
+  const before = cpuTicks(process.pid, {children: true}) - cpuTicks(process.pid);
+  for (let i = 0; i < runs; i++)
+    once();
+  return ((cpuTicks(process.pid, {children: true}) - cpuTicks(process.pid)) - before) * 10 / runs;
+}
+
+/**
+ * Issue 15: one probe child (perl: open no-follow, fstat checks, O_DIRECT
+ * write and read-back) against the two dd runs it replaces, and the reporter
+ * with 1, 2 and 4 watched paths (each on a volume of its own) at
+ * --interval=0.1: CPU per probe and per interval, reporter and children.
+ */
+async function pathsCost(dir: string, teardown: Teardown): Promise<void> {
+  const volumes = [1, 2, 3, 4].map(i => LoopVolume.create(dir, teardown, 32, {name: `paths${i}`}));
+  const monitors = volumes.map(v => path.join(v.mountpoint, 'db'));
+  for (const monitor of monitors)
+    fs.mkdirSync(monitor, {recursive: true});
+
+  const pin = pinPath(monitors[0]!, readMountTable());
+  const target = {dir: pin.dir, name: 'cost', dev: pin.dev, ino: pin.ino};
+  const perl = (inode: string) => {
+    const [file, ...args] = probeArgv(target, inode, 'direct', 'ebsmon probe bench');
+    return spawnSync(file!, args, {encoding: 'utf8', env: {PATH: process.env.PATH, LC_ALL: 'C'}});
+  };
+  const inode = /created (\d+)/.exec(perl('0').stdout)?.[1] ?? '0';
+  const ddFile = path.join(monitors[0]!, 'dd-probe');
+  const block = Buffer.alloc(4096, 0x2e);
+  const perlRuns: Array<number> = [];
+  const ddRuns: Array<number> = [];
+  for (let run = 0; run < 5; run++) {
+    perlRuns.push(childCpuMs(100, () => perl(inode)));
+    ddRuns.push(childCpuMs(100, () => {
+      spawnSync('dd', [`of=${ddFile}`, 'bs=4096', 'count=1', 'iflag=fullblock', 'oflag=direct,dsync', 'conv=notrunc', 'status=none'], {input: block});
+      spawnSync('dd', [`if=${ddFile}`, 'bs=4096', 'count=1', 'iflag=direct', 'status=none'], {encoding: 'buffer'});
+    }));
+  }
+  const [perlStat, ddStat] = [stat(perlRuns), stat(ddRuns)];
+  line('probe child CPU: perl (checks + write + read)', fmt(perlStat, 'ms', 2));
+  line('  for comparison: dd write + dd read (before)', fmt(ddStat, 'ms', 2));
+  results.probeChildCpuMs = {perl: perlStat, dd: ddStat};
+
+  const seconds = Number(process.env.BENCH_PATHS_SECONDS ?? 10);
+  for (const n of [1, 2, 4]) {
+    const perInterval: Array<number> = [];
+    const perProbe: Array<number> = [];
+    const ownPerInterval: Array<number> = [];
+    for (let run = 0; run < 5; run++) {
+      const r = await reporterRun(monitors.slice(0, n), dir, 0.1, seconds);
+      // Every heartbeat needs one fresh probe of every path.
+      perInterval.push(r.allTicks * 10 / r.beats);
+      perProbe.push(r.allTicks * 10 / (r.beats * n));
+      ownPerInterval.push(r.ownTicks * 10 / r.beats);
+    }
+    const [i, p, o] = [stat(perInterval), stat(perProbe), stat(ownPerInterval)];
+    line(`reporter with ${n} path(s): CPU per interval`, `${fmt(i, 'ms', 2)}; reporter alone ${o.median.toFixed(2)} ms`);
+    line(`  CPU per probe (reporter + child)`, fmt(p, 'ms', 2));
+    line(`  at the default --interval=1`, `${(i.median / 10).toFixed(2)} % of a core`);
+    results[`reporterPaths${n}`] = {seconds, interval: 0.1, cpuMsPerInterval: i, cpuMsPerProbe: p, reporterOwnCpuMsPerInterval: o};
+  }
 }
 
 async function fencing(dir: string, teardown: Teardown): Promise<void> {
@@ -221,6 +287,7 @@ async function main(): Promise<void> {
     const steps: Array<[string, () => Promise<void>]> = [
       ['decode', () => decodeThroughput(dir)],
       ['probe', () => probeCost(volume)],
+      ['paths', () => pathsCost(dir, teardown)],
       ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 600))],
       ['fencing', () => fencing(dir, teardown)],
       ['cycles', () => freezeThawCycles(volume, dir, teardown)],

@@ -3,7 +3,7 @@ import {Command, Option, UsageError} from 'clipanion';
 import {runRole} from '../src/daemon';
 import {nameArg, portListArg, secondsArg} from '../src/options';
 import {defaultName, runReporter} from '../src/reporter';
-import {NAME_PATTERN} from '../src/heartbeat';
+import {MAX_PATHS, NAME_PATTERN} from '../src/heartbeat';
 import {DEFAULT_FIFO} from '../src/transport';
 import {DaemonCommand} from './base';
 
@@ -11,36 +11,46 @@ export class ReportCommand extends DaemonCommand {
   static override paths = [['report']];
 
   static override usage = Command.Usage({
-    description: 'Prove a directory\'s disk still completes I/O, and heartbeat the monitor',
+    description: 'Prove the disks under a service still complete I/O, and heartbeat the monitor',
     details: `
-      One reporter per protected service. Every \`--interval\` seconds it writes a block to \`.ebsmon-probe-NAME\` in the \`--monitor\` directory with O_DIRECT|O_DSYNC (write + fsync where O_DIRECT is refused), reads it back, and only if that finished within \`--probe-timeout\` sends a heartbeat naming \`--ports\`. The probe runs in a child process, so a hung disk never wedges the reporter.
+      One reporter per protected service. Every \`--interval\` seconds, in each \`--monitor\` directory, it writes a block to \`.ebsmon-probe-NAME\` with O_DIRECT|O_DSYNC (O_DSYNC alone where O_DIRECT is refused), reads it back, and only if every directory passed within \`--probe-timeout\` sends a heartbeat naming \`--ports\`. Each probe runs in a child process of its own (perl, which every Debian has), so a hung disk never wedges the reporter, and a probe stuck on one directory is never started again on top of itself nor holds up the others.
 
-      SIGTERM stops it within 2 s; if the disk was healthy it says goodbye first (the monitor forgets it), otherwise it says nothing and the fence stays.
+      Give \`--monitor\` once per volume the service needs (data, binlog or WAL, redo log), up to 8. At start each is resolved and pinned to its mount in /proc/self/mountinfo (logged as "watching DIR on DEVICE (FSTYPE) mounted at POINT"); before each probe the mount table is read again, and a mount that is gone or replaced fails the probe. A directory that is on / gets a warning, as does one whose /etc/fstab volume is not mounted; \`--require-mount\` makes both an error (exit 1).
+
+      As root in a directory another user owns, the probe never follows a link and writes only to a regular file it created itself (O_NOFOLLOW, O_CREAT|O_EXCL; owner, link count, inode and device checked with fstat on the descriptor it writes through). Anything else at the probe name (symlink, FIFO, hard link, socket, directory) is removed without following it (a directory that is not empty is renamed aside, never entered) and logged as an error; nothing outside the watched directory is touched.
+
+      SIGTERM stops it within 2 s; if the disks were healthy it says goodbye first (the monitor forgets it), otherwise it says nothing and the fence stays.
     `,
     examples: [
       ['Protect MySQL', '$0 report --monitor=/var/lib/mysql --ports=3306'],
+      ['MySQL with its binlog on a volume of its own; refuse to start unless both are mounted', '$0 report --monitor=/var/lib/mysql --monitor=/var/lib/mysql-binlog --require-mount --ports=3306'],
       ['Protect a web server, as a daemon', '$0 report --daemonize --pidfile=/run/www-ebsmon.pid --logfile=/var/log/www-ebsmon.log --monitor=/var/www/html --ports=80,443'],
     ],
   });
 
-  monitor = Option.String('--monitor', {required: true, description: 'Directory on the device to prove (the service\'s data directory)'});
-  ports = Option.String('--ports', {required: true, validator: portListArg, description: 'TCP ports to fence when this disk hangs, e.g. 80,443'});
-  name = Option.String('--name', {validator: nameArg, description: 'Reporter name (default: the last component of --monitor)'});
+  monitor = Option.Array('--monitor', {required: true, description: 'Directory on a device to prove (the service\'s data directory); repeat for each volume, up to 8'});
+  ports = Option.String('--ports', {required: true, validator: portListArg, description: 'TCP ports to fence when a disk hangs, e.g. 80,443'});
+  name = Option.String('--name', {validator: nameArg, description: 'Reporter name (default: the last component of the first --monitor)'});
+  requireMount = Option.Boolean('--require-mount', false, {description: 'Exit 1 at start if a --monitor directory is on / or its /etc/fstab volume is not mounted'});
   fifo = Option.String('--fifo', DEFAULT_FIFO, {description: 'The monitor\'s FIFO'});
   interval = Option.String('--interval', '1', {validator: secondsArg, description: 'Seconds between probes'});
   probeTimeout = Option.String('--probe-timeout', '3', {validator: secondsArg, description: 'A probe slower than this counts as a hang'});
 
   async execute(): Promise<number | void> {
-    const name = this.name ?? defaultName(this.monitor);
+    if (this.monitor.length > MAX_PATHS)
+      throw new UsageError(`--monitor given ${this.monitor.length} times; at most ${MAX_PATHS} directories per reporter`);
+    const name = this.name ?? defaultName(this.monitor[0]!);
     if (!NAME_PATTERN.test(name))
-      throw new UsageError(`--monitor=${this.monitor} gives the reporter name "${name}", which is not 1-64 characters of A-Z a-z 0-9 . _ -; pass --name`);
+      throw new UsageError(`--monitor=${this.monitor[0]} gives the reporter name "${name}", which is not 1-64 characters of A-Z a-z 0-9 . _ -; pass --name`);
     await runRole({args: process.argv.slice(2), stdout: this.context.stdout, stderr: this.context.stderr, role: 'report'}, this.daemonOptions(), (logger, onReady, signal) => runReporter({logger, onReady}, {
-      monitor: this.monitor,
+      monitors: this.monitor,
       ports: this.ports,
       name,
       fifo: this.fifo,
       interval: this.interval,
       probeTimeout: this.probeTimeout,
+      requireMount: this.requireMount,
+      logfile: this.logfile,
     }, signal));
   }
 }

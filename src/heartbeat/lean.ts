@@ -42,8 +42,8 @@ function at(state: State, key: string | number): State {
   return {...state, p: typeof key === 'number' ? `${state.p ?? '.'}[${key}]` : `${state.p ?? ''}.${key}`};
 }
 
-/** An array of `min` to `max` distinct items, each passing `item`. */
-export function isDistinctArray<T>(item: t.StrictValidator<unknown, T>, {min, max}: {min: number, max: number}): t.StrictValidator<unknown, Array<T>> {
+/** An array of `min` to `max` items, each passing `item`; with `distinct`, no two equal (===). */
+export function isBoundedArray<T>(item: t.StrictValidator<unknown, T>, {min, max, distinct = false}: {min: number, max: number, distinct?: boolean}): t.StrictValidator<unknown, Array<T>> {
   return t.makeValidator<unknown, Array<T>>({
     test: (value, state): value is Array<T> => {
       if (!Array.isArray(value))
@@ -54,7 +54,7 @@ export function isDistinctArray<T>(item: t.StrictValidator<unknown, T>, {min, ma
       for (let i = 0; i < value.length && (valid || state?.errors !== undefined); i++) {
         if (!item(value[i], at(state, i)))
           valid = false;
-        else if (value.indexOf(value[i]) !== i)
+        else if (distinct && value.indexOf(value[i]) !== i)
           valid = fail(at(state, i), `Expected to be unique (got a duplicate of ${printable(value[i])})`);
       }
       return valid;
@@ -62,10 +62,18 @@ export function isDistinctArray<T>(item: t.StrictValidator<unknown, T>, {min, ma
   });
 }
 
-type Shape = Record<string, t.StrictValidator<unknown, unknown>>;
-type Inferred<S extends Shape> = {[K in keyof S]: t.InferType<S[K]>};
+/** An array of `min` to `max` distinct items, each passing `item`. */
+export function isDistinctArray<T>(item: t.StrictValidator<unknown, T>, bounds: {min: number, max: number}): t.StrictValidator<unknown, Array<T>> {
+  return isBoundedArray(item, {...bounds, distinct: true});
+}
 
-/** An object with exactly the shape's properties, as typanion's isObject without `extra`. */
+type Shape = Record<string, t.StrictValidator<unknown, unknown>>;
+/** Keys whose validator accepts undefined (t.isOptional): optional in the type, as a missing key passes undefined. */
+type OptionalKeys<S extends Shape> = {[K in keyof S]: undefined extends t.InferType<S[K]> ? K : never}[keyof S];
+type Flatten<T> = {[K in keyof T]: T[K]};
+type Inferred<S extends Shape> = Flatten<{[K in Exclude<keyof S, OptionalKeys<S>>]: t.InferType<S[K]>} & {[K in OptionalKeys<S>]?: t.InferType<S[K]>}>;
+
+/** An object with exactly the shape's properties, as typanion's isObject without `extra`; a missing key is checked as undefined. */
 export function isExactObject<S extends Shape>(shape: S): t.StrictValidator<unknown, Inferred<S>> {
   const keys = Object.keys(shape);
   return t.makeValidator<unknown, Inferred<S>>({

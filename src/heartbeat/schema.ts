@@ -1,11 +1,14 @@
 import * as t from 'typanion';
 
-import {isDistinctArray, isExactObject, isNumberWhere, isStringWhere} from './lean';
+import {isBoundedArray, isDistinctArray, isExactObject, isNumberWhere, isStringWhere} from './lean';
 
 export const PROTOCOL_VERSION = 1;
 /** Largest line, newline included: a write of at most PIPE_BUF bytes to a FIFO is atomic (pipe(7)). */
 export const MAX_LINE_BYTES = 4096;
 export const MAX_PORTS = 64;
+/** Watched paths per reporter; with the field limits below a heartbeat of printable ASCII stays within MAX_LINE_BYTES. */
+export const MAX_PATHS = 8;
+export const PATH_FIELD_MAX = {path: 120, mountPoint: 120, source: 80, fstype: 24} as const;
 
 export const NAME_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -19,6 +22,17 @@ export const isSeconds = isNumberWhere('seconds, from 0.001 to 86400', n => n >=
 export const isCount = isNumberWhere('an integer of at least 0', n => Number.isInteger(n) && n >= 0);
 export const isNonNegative = isNumberWhere('a number of at least 0', n => n >= 0);
 
+const isText = (max: number) => isStringWhere(`a string of 1 to ${max} characters`, text => text.length >= 1 && text.length <= max);
+
+/** A watched path and the device it was pinned to at the reporter's start-up. */
+export const isPathInfo = isExactObject({
+  path: isText(PATH_FIELD_MAX.path),
+  device: isStringWhere('a device as major:minor', text => /^\d{1,10}:\d{1,10}$/.test(text)),
+  source: isText(PATH_FIELD_MAX.source),
+  fstype: isText(PATH_FIELD_MAX.fstype),
+  mountPoint: isText(PATH_FIELD_MAX.mountPoint),
+});
+
 export const isHeartbeat = isExactObject({
   v: t.isLiteral(PROTOCOL_VERSION),
   kind: t.isLiteral('heartbeat'),
@@ -30,6 +44,8 @@ export const isHeartbeat = isExactObject({
   seq: isCount,
   sentAt: isNonNegative,
   probeMs: isNonNegative,
+  /** Optional: reporters before several paths did not send it. */
+  paths: t.isOptional(isBoundedArray(isPathInfo, {min: 1, max: MAX_PATHS})),
 });
 
 export const isGoodbye = isExactObject({
@@ -60,6 +76,7 @@ export const isUnblockAll = isExactObject({
 export const isUnblock = t.isOneOf([isUnblockOne, isUnblockAll], {exclusive: true});
 
 export type Heartbeat = t.InferType<typeof isHeartbeat>;
+export type PathInfo = t.InferType<typeof isPathInfo>;
 export type Goodbye = t.InferType<typeof isGoodbye>;
 export type UnblockOne = t.InferType<typeof isUnblockOne>;
 export type UnblockAll = t.InferType<typeof isUnblockAll>;

@@ -1,1 +1,3 @@
 export * from './probe';
+export * from './mounts';
+export * from './pin';

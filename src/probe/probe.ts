@@ -1,81 +1,120 @@
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import {start} from '../spawn';
 import type {Running} from '../spawn';
+import {PROBE_SCRIPT} from './script';
 
-export type ProbeMethod = 'direct' | 'fsync';
+export type ProbeMethod = 'direct' | 'dsync';
+
+/** What the probe child found at the probe name and did about it. */
+export type FileEvent =
+  /** found: not this reporter's file (planted); stale: a regular file of ours left by an earlier run */
+  | {kind: 'found' | 'stale', uid: number, links: number, inode: string, what: string}
+  /** the file this reporter created is gone (someone removed it) */
+  | {kind: 'missing'}
+  /** a directory at the probe name that was not empty, renamed to this name */
+  | {kind: 'moved', to: string};
 
 export type ProbeOutcome =
-  | {ok: true, ms: number}
-  | {ok: false, reason: string, code: string, ms: number};
+  | {ok: true, ms: number, events?: Array<FileEvent>}
+  | {ok: false, reason: string, code: string, ms: number, events?: Array<FileEvent>};
+
+/** Where the probe writes, pinned at start-up: the directory's own st_dev and inode. */
+export type ProbeTarget = {
+  /** absolute, symlinks resolved at start-up */
+  dir: string;
+  name: string;
+  dev: bigint;
+  ino: bigint;
+};
 
 const BLOCK = 4096;
 
-/** dd prints strerror(3) text; map it back to the errno an operator searches for. */
-const STRERROR: ReadonlyArray<[RegExp, string]> = [
-  [/Read-only file system/i, 'EROFS'],
-  [/Input\/output error/i, 'EIO'],
-  [/No space left on device/i, 'ENOSPC'],
-  [/Disk quota exceeded/i, 'EDQUOT'],
-  [/Permission denied/i, 'EACCES'],
-  [/Operation not permitted/i, 'EPERM'],
-  [/No such file or directory/i, 'ENOENT'],
-  [/Invalid argument/i, 'EINVAL'],
-  [/Stale file handle/i, 'ESTALE'],
-  [/Transport endpoint is not connected/i, 'ENOTCONN'],
-];
+/** The probe child gets nothing from this environment but PATH: no PERL5LIB/PERL5OPT, and C-locale error text. */
+const PROBE_ENV: NodeJS.ProcessEnv = {PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C'};
 
-export function errnoFromDd(stderr: string): {code: string, text: string} {
-  const line = stderr.trim().split('\n').find(l => l.startsWith('dd:')) ?? stderr.trim();
-  for (const [pattern, code] of STRERROR) {
-    const match = pattern.exec(line);
-    if (match !== null)
-      return {code, text: `${code}: ${match[0].toLowerCase()}`};
-  }
-  return {code: 'EUNKNOWN', text: line === '' ? 'dd failed without a message' : line.slice(0, 200)};
-}
+const ERRNO_NAMES = new Map(Object.entries(os.constants.errno).map(([name, number]) => [number, name]));
 
 export function probeFile(dir: string, name: string): string {
   return path.join(dir, `.ebsmon-probe-${name}`);
 }
 
-export function writeArgv(file: string, method: ProbeMethod): Array<string> {
-  // conv=notrunc keeps the same block: no allocation churn, no truncate to journal.
-  const flags = method === 'direct'
-    ? ['oflag=direct,dsync', 'conv=notrunc']
-    : ['conv=notrunc,fsync'];
-  return ['dd', `of=${file}`, `bs=${BLOCK}`, 'count=1', 'iflag=fullblock', ...flags, 'status=none'];
+/** The first line of the probe block; the child pads it to 4 KiB. */
+export function probeHead(name: string, pid: number, seq: number): string {
+  return `ebsmon probe name=${name} pid=${pid} seq=${seq}`;
 }
 
-export function readArgv(file: string, method: ProbeMethod): Array<string> {
-  return ['dd', `if=${file}`, `bs=${BLOCK}`, 'count=1', ...(method === 'direct' ? ['iflag=direct'] : []), 'status=none'];
+export function openFlags(method: ProbeMethod): number {
+  const c = fs.constants;
+  // O_NONBLOCK: opening a planted FIFO must not wait for a writer (fifo(7)).
+  return c.O_RDWR | c.O_NOFOLLOW | c.O_NONBLOCK | c.O_NOCTTY | c.O_DSYNC | (method === 'direct' ? c.O_DIRECT : 0);
 }
 
-export function probeBlock(name: string, pid: number, seq: number): Buffer {
-  const block = Buffer.alloc(BLOCK, 0x2e);
-  block.write(`ebsmon probe name=${name} pid=${pid} seq=${seq}\n`);
-  block[BLOCK - 1] = 0x0a;
-  return block;
+/** `fileInode` is '0' until this reporter has created its file. */
+export function probeArgv(target: ProbeTarget, fileInode: string, method: ProbeMethod, head: string): Array<string> {
+  const {errno} = os.constants;
+  return ['perl', '-e', PROBE_SCRIPT, target.dir, path.basename(probeFile(target.dir, target.name)), String(target.dev), String(target.ino), fileInode, head,
+    String(openFlags(method)), String(fs.constants.O_CREAT | fs.constants.O_EXCL), String(errno.ENOENT), String(errno.EEXIST)];
+}
+
+export type ProbeReport = {
+  events: Array<FileEvent>;
+  created?: string;
+  ok: boolean;
+  failure?: {stage: string, code: string, text: string};
+};
+
+/** Reads the child's lines (see script.ts); unknown lines are ignored. */
+export function parseProbeOutput(stdout: string): ProbeReport {
+  const report: ProbeReport = {events: [], ok: false};
+  for (const line of stdout.split('\n')) {
+    const [word, ...rest] = line.split(' ');
+    if ((word === 'found' || word === 'stale') && rest.length >= 4)
+      report.events.push({kind: word, uid: Number(rest[0]), links: Number(rest[1]), inode: rest[2]!, what: rest.slice(3).join(' ')});
+    else if (word === 'missing')
+      report.events.push({kind: 'missing'});
+    else if (word === 'moved' && rest.length >= 1)
+      report.events.push({kind: 'moved', to: rest.join(' ')});
+    else if (word === 'created' && rest.length === 1)
+      report.created = rest[0];
+    else if (word === 'ok')
+      report.ok = true;
+    else if (word === 'fail' && rest.length >= 2)
+      report.failure = {stage: rest[0]!, code: rest[1]!, text: rest.slice(2).join(' ')};
+  }
+  return report;
+}
+
+/** An errno number from the child becomes its name (EIO), which is what an operator searches for. */
+export function failureReason(failure: {stage: string, code: string, text: string}): {code: string, reason: string} {
+  if (/^\d+$/.test(failure.code)) {
+    const name = ERRNO_NAMES.get(Number(failure.code)) ?? `errno ${failure.code}`;
+    return {code: name, reason: `${failure.stage}: ${name}: ${failure.text.toLowerCase()}`};
+  }
+  return {code: failure.code, reason: `${failure.stage}: ${failure.text}`};
 }
 
 /**
  * Proves the directory's device completes I/O: a block written with
- * O_DIRECT|O_DSYNC (or write+fsync) and read back, in child processes so a
- * hung device leaves only a stuck `dd` in D state, never this process.
+ * O_DIRECT|O_DSYNC (or O_DSYNC alone) and read back, in a child process so a
+ * hung device leaves only a stuck child in D state, never this process.
  */
 export class Prober {
   private current: Running | null = null;
+  /** The inode of the probe file this reporter created; '0' until then. */
+  fileInode = '0';
 
   constructor(
-    readonly dir: string,
-    readonly name: string,
+    readonly target: ProbeTarget,
     public method: ProbeMethod,
     readonly timeoutMs: number,
   ) {
   }
 
   get file(): string {
-    return probeFile(this.dir, this.name);
+    return probeFile(this.target.dir, this.target.name);
   }
 
   /** True while a probe process (possibly abandoned after its deadline) still exists. */
@@ -92,60 +131,45 @@ export class Prober {
       throw new Error('a probe is already in flight');
 
     const started = performance.now();
-    const deadline = started + this.timeoutMs;
-    const block = probeBlock(this.name, process.pid, seq);
+    const argv = probeArgv(this.target, this.fileInode, this.method, probeHead(this.target.name, process.pid, seq));
+    const running = start(argv, {timeoutMs: this.timeoutMs, maxOutputBytes: BLOCK, env: PROBE_ENV});
+    this.current = running;
+    void running.exited.then(() => {
+      if (this.current === running)
+        this.current = null;
+    });
+    const result = await running.result;
+    const ms = performance.now() - started;
+    if (result.timedOut)
+      return {ok: false, reason: `timed out after ${(this.timeoutMs / 1000).toFixed(1)} s`, code: 'ETIMEDOUT', ms};
+    if (result.spawnError !== undefined)
+      return {ok: false, reason: `cannot run perl: ${result.spawnError}`, code: 'ESPAWN', ms};
 
-    const step = async (argv: Array<string>, input?: Buffer) => {
-      const running = start(argv, {input, timeoutMs: Math.max(1, deadline - performance.now()), maxOutputBytes: BLOCK * 2});
-      this.current = running;
-      void running.exited.then(() => {
-        if (this.current === running)
-          this.current = null;
-      });
-      return running.result;
-    };
-
-    const elapsed = () => performance.now() - started;
-    const timedOut = (): ProbeOutcome => ({ok: false, reason: `timed out after ${(this.timeoutMs / 1000).toFixed(1)} s`, code: 'ETIMEDOUT', ms: elapsed()});
-
-    const written = await step(writeArgv(this.file, this.method), block);
-    if (written.timedOut)
-      return timedOut();
-    if (written.spawnError !== undefined)
-      return {ok: false, reason: `cannot run dd: ${written.spawnError}`, code: 'ESPAWN', ms: elapsed()};
-    if (written.code !== 0) {
-      const {code, text} = errnoFromDd(written.stderr);
-      return {ok: false, reason: `write: ${text}`, code, ms: elapsed()};
+    const report = parseProbeOutput(result.stdout);
+    if (report.created !== undefined)
+      this.fileInode = report.created;
+    const events = report.events.length > 0 ? report.events : undefined;
+    if (report.ok && result.code === 0) {
+      if (ms > this.timeoutMs)
+        return {ok: false, reason: `timed out after ${(this.timeoutMs / 1000).toFixed(1)} s`, code: 'ETIMEDOUT', ms, events};
+      return {ok: true, ms, events};
     }
-
-    const read = await step(readArgv(this.file, this.method));
-    if (read.timedOut)
-      return timedOut();
-    if (read.code !== 0) {
-      const {code, text} = errnoFromDd(read.stderr);
-      return {ok: false, reason: `read back: ${text}`, code, ms: elapsed()};
-    }
-    if (read.stdout !== block.toString('utf8'))
-      return {ok: false, reason: 'content mismatch: the block read back is not the block written', code: 'EMISMATCH', ms: elapsed()};
-
-    const ms = elapsed();
-    if (ms > this.timeoutMs)
-      return timedOut();
-    return {ok: true, ms};
+    const failure = report.failure ?? {stage: 'probe', code: 'EUNKNOWN', text: `perl exited ${result.code ?? result.signal}: ${result.stderr.trim().slice(0, 200)}`};
+    return {ok: false, ms, events, ...failureReason(failure)};
   }
 }
 
 /**
  * O_DIRECT is refused with EINVAL by tmpfs (before 6.6) and some network
- * filesystems (open(2)); fall back to write+fsync there. Decided once, with the
- * same prober, so a hung first probe still counts as the one probe in flight.
+ * filesystems (open(2)); fall back to O_DSYNC writes there. Decided once, with
+ * the same prober, so a hung first probe still counts as the one probe in flight.
  */
 export async function chooseMethod(prober: Prober): Promise<{method: ProbeMethod, detail: string, first: ProbeOutcome}> {
   prober.method = 'direct';
   const first = await prober.probe(0);
   if (!first.ok && first.code === 'EINVAL') {
-    prober.method = 'fsync';
-    return {method: 'fsync', detail: 'O_DIRECT refused (EINVAL): write + fsync, read-back', first};
+    prober.method = 'dsync';
+    return {method: 'dsync', detail: 'O_DIRECT refused (EINVAL): O_DSYNC write, read-back', first};
   }
   if (first.ok)
     return {method: 'direct', detail: 'O_DIRECT|O_DSYNC write, O_DIRECT read-back', first};

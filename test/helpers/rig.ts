@@ -112,10 +112,13 @@ export class LoopVolume {
   private constructor(readonly image: string, readonly device: string, readonly mountpoint: string) {
   }
 
-  /** directIo: the loop device bypasses the page cache of its backing file, so an fsync reaches the real disk. */
-  static create(dir: string, teardown: Teardown, sizeMb = 64, {directIo = false}: {directIo?: boolean} = {}): LoopVolume {
-    const image = path.join(dir, 'volume.img');
-    const mountpoint = path.join(dir, 'mnt');
+  /**
+   * directIo: the loop device bypasses the page cache of its backing file, so an fsync reaches the real disk.
+   * name: several volumes in one directory (image NAME.img, mounted at NAME).
+   */
+  static create(dir: string, teardown: Teardown, sizeMb = 64, {directIo = false, name}: {directIo?: boolean, name?: string} = {}): LoopVolume {
+    const image = path.join(dir, name === undefined ? 'volume.img' : `${name}.img`);
+    const mountpoint = path.join(dir, name ?? 'mnt');
     fs.mkdirSync(mountpoint, {recursive: true});
     sh(['truncate', '-s', `${sizeMb}M`, image]);
     sh(['mkfs.ext4', '-q', '-F', image]);

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import {describe, it} from 'node:test';
 
-import {LineDecoder, MAX_LINE_BYTES, MessageTooLargeError, decodeLine, encodeMessage} from '../../src/heartbeat';
+import {LineDecoder, MAX_LINE_BYTES, MAX_PATHS, MAX_PORTS, MessageTooLargeError, PATH_FIELD_MAX, decodeLine, encodeMessage} from '../../src/heartbeat';
 import type {Heartbeat, Message, RejectReason} from '../../src/heartbeat';
 
 const heartbeat: Heartbeat = {v: 1, kind: 'heartbeat', name: 'mysql', pid: 4242, ports: [3306], interval: 1, probeTimeout: 3, seq: 17, sentAt: 1763700000000, probeMs: 2.4};
+const mysqlPath = {path: '/var/lib/mysql', device: '259:1', source: '/dev/nvme1n1', fstype: 'ext4', mountPoint: '/var/lib/mysql'};
+const withPaths: Heartbeat = {...heartbeat, paths: [mysqlPath, {path: '/var/lib/mysql-binlog', device: '259:2', source: '/dev/nvme2n1', fstype: 'xfs', mountPoint: '/var/lib/mysql-binlog'}]};
 
 function collect() {
   const messages: Array<Message> = [];
@@ -16,6 +18,7 @@ function collect() {
 describe('encodeMessage / decodeLine', () => {
   const roundTrips: Array<Message> = [
     heartbeat,
+    withPaths,
     {...heartbeat, ports: [80, 443], name: 'www.example_1-2'},
     {v: 1, kind: 'goodbye', name: 'mysql', pid: 4242},
     {v: 1, kind: 'unblock', name: 'mysql', pid: 5151, user: 'root'},
@@ -29,6 +32,18 @@ describe('encodeMessage / decodeLine', () => {
       assert.deepEqual(decoded, {ok: true, message});
     });
   }
+
+  it('keeps the largest heartbeat the limits allow within PIPE_BUF', () => {
+    const long = (n: number) => `/${'p'.repeat(n - 1)}`;
+    const largest: Heartbeat = {
+      ...heartbeat, name: 'n'.repeat(64), pid: 4194304, ports: Array.from({length: MAX_PORTS}, (_, i) => 65535 - i),
+      interval: 86400, probeTimeout: 86400, seq: Number.MAX_SAFE_INTEGER, sentAt: 9999999999999, probeMs: 86400000.99,
+      paths: Array.from({length: MAX_PATHS}, () => ({path: long(PATH_FIELD_MAX.path), device: '4095:1048575', source: long(PATH_FIELD_MAX.source), fstype: 'f'.repeat(PATH_FIELD_MAX.fstype), mountPoint: long(PATH_FIELD_MAX.mountPoint)})),
+    };
+    const line = encodeMessage(largest);
+    assert.ok(line.length <= MAX_LINE_BYTES, `${line.length} bytes`);
+    assert.deepEqual(decodeLine(line.subarray(0, -1)), {ok: true, message: largest});
+  });
 
   it('refuses to encode a message larger than PIPE_BUF', () => {
     assert.throws(() => encodeMessage({v: 1, kind: 'unblock', name: 'x', pid: 1, user: 'u'.repeat(5000)}), MessageTooLargeError);
@@ -56,6 +71,13 @@ describe('encodeMessage / decodeLine', () => {
     ['a missing pid', JSON.stringify({...heartbeat, pid: undefined}), 'invalid'],
     ['an extra field', JSON.stringify({...heartbeat, extra: 1}), 'invalid'],
     ['a negative interval', JSON.stringify({...heartbeat, interval: -1}), 'invalid'],
+    ['paths: an empty list', JSON.stringify({...heartbeat, paths: []}), 'invalid'],
+    ['paths: more than MAX_PATHS', JSON.stringify({...heartbeat, paths: Array.from({length: MAX_PATHS + 1}, () => mysqlPath)}), 'invalid'],
+    ['paths: a path longer than its limit', JSON.stringify({...heartbeat, paths: [{...mysqlPath, path: `/${'x'.repeat(PATH_FIELD_MAX.path)}`}]}), 'invalid'],
+    ['paths: a device that is not major:minor', JSON.stringify({...heartbeat, paths: [{...mysqlPath, device: 'nvme1n1'}]}), 'invalid'],
+    ['paths: a missing fstype', JSON.stringify({...heartbeat, paths: [{...mysqlPath, fstype: undefined}]}), 'invalid'],
+    ['paths: an extra field in a path', JSON.stringify({...heartbeat, paths: [{...mysqlPath, mountId: 30}]}), 'invalid'],
+    ['paths: not a list', JSON.stringify({...heartbeat, paths: mysqlPath}), 'invalid'],
     ['an unblock naming both a reporter and all', JSON.stringify({v: 1, kind: 'unblock', name: 'a', all: true, pid: 1, user: 'r'}), 'invalid'],
   ];
   for (const [what, line, reason] of rejections) {

@@ -1,0 +1,54 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import {describe, it} from 'node:test';
+
+import {PROBE_SCRIPT} from '../../src/probe/script';
+import {failureReason, openFlags, parseProbeOutput, probeArgv} from '../../src/probe';
+
+describe('probe argv', () => {
+  const target = {dir: '/var/lib/my sql', name: 'mysql', dev: 66305n, ino: 12n};
+
+  it('runs perl with the script and every value as its own argument (no shell)', () => {
+    const argv = probeArgv(target, '0', 'direct', 'ebsmon probe name=mysql pid=1 seq=2');
+    assert.deepEqual(argv.slice(0, 2), ['perl', '-e']);
+    assert.equal(argv[2], PROBE_SCRIPT);
+    assert.deepEqual(argv.slice(3), ['/var/lib/my sql', '.ebsmon-probe-mysql', '66305', '12', '0', 'ebsmon probe name=mysql pid=1 seq=2',
+      String(openFlags('direct')), String(fs.constants.O_CREAT | fs.constants.O_EXCL), String(os.constants.errno.ENOENT), String(os.constants.errno.EEXIST)]);
+  });
+
+  it('opens without following links or blocking on a FIFO; O_DIRECT only for the direct method', () => {
+    const c = fs.constants;
+    for (const method of ['direct', 'dsync'] as const) {
+      const flags = openFlags(method);
+      for (const flag of [c.O_RDWR, c.O_NOFOLLOW, c.O_NONBLOCK, c.O_DSYNC])
+        assert.equal(flags & flag, flag);
+      assert.equal(flags & c.O_CREAT, 0, 'creating is a separate, O_EXCL, step');
+      assert.equal((flags & c.O_DIRECT) !== 0, method === 'direct');
+    }
+  });
+});
+
+describe('probe output', () => {
+  it('reads what was found, created and the verdict', () => {
+    const report = parseProbeOutput('found 1000 1 77 symlink\nmoved .ebsmon-probe-x.planted.42\ncreated 81\nok\n');
+    assert.deepEqual(report, {
+      events: [{kind: 'found', uid: 1000, links: 1, inode: '77', what: 'symlink'}, {kind: 'moved', to: '.ebsmon-probe-x.planted.42'}],
+      created: '81',
+      ok: true,
+    });
+    assert.deepEqual(parseProbeOutput('stale 0 1 5 regular file\nmissing\n').events, [{kind: 'stale', uid: 0, links: 1, inode: '5', what: 'regular file'}, {kind: 'missing'}]);
+  });
+
+  it('turns an errno number into its name, and keeps the probe\'s own codes', () => {
+    const report = parseProbeOutput(`fail write ${os.constants.errno.EIO} Input/output error\n`);
+    assert.equal(report.ok, false);
+    assert.deepEqual(failureReason(report.failure!), {code: 'EIO', reason: 'write: EIO: input/output error'});
+    assert.deepEqual(failureReason({stage: 'open', code: String(os.constants.errno.EROFS), text: 'Read-only file system'}), {code: 'EROFS', reason: 'open: EROFS: read-only file system'});
+    assert.deepEqual(failureReason({stage: 'pin', code: 'EXDEV', text: 'the probe file is on device 1, not the pinned device 2'}), {code: 'EXDEV', reason: 'pin: the probe file is on device 1, not the pinned device 2'});
+  });
+
+  it('ignores lines it does not know', () => {
+    assert.deepEqual(parseProbeOutput('hello\ncreated\nfail\n'), {events: [], ok: false});
+  });
+});
