@@ -1,5 +1,5 @@
 import type {DesiredReporter, KernelView} from '../fencing';
-import type {Goodbye, Heartbeat, Unblock} from '../heartbeat';
+import type {Goodbye, Heartbeat, PathInfo, Unblock} from '../heartbeat';
 import type {ReporterSnapshot, ReporterState} from '../state';
 import {armOf, step} from './lifecycle';
 import type {Life, LifeConfig, LifeEvent} from './lifecycle';
@@ -61,6 +61,8 @@ export type ReporterRecord = {
   lastProbeMs: number | null;
   interval: number | null;
   probeTimeout: number | null;
+  /** The watched paths and the devices they were pinned to, as the reporter last said. */
+  paths: ReadonlyArray<PathInfo> | null;
   reason: string;
   timer: unknown;
   warnedSlowProbe: boolean;
@@ -128,6 +130,7 @@ export class Registry {
         lastProbeMs: snapshot.lastProbeMs,
         interval: snapshot.interval,
         probeTimeout: snapshot.probeTimeout,
+        paths: snapshot.paths ?? null,
         reason,
         timer: null,
         warnedSlowProbe: false,
@@ -178,6 +181,7 @@ export class Registry {
         lastProbeMs: null,
         interval: message.interval,
         probeTimeout: message.probeTimeout,
+        paths: null,
         reason: 'first heartbeat',
         timer: null,
         warnedSlowProbe: false,
@@ -217,6 +221,8 @@ export class Registry {
     record.lastProbeMs = message.probeMs;
     record.interval = message.interval;
     record.probeTimeout = message.probeTimeout;
+    if (message.paths !== undefined && !samePaths(record.paths, message.paths))
+      record.paths = message.paths;
     record.heartbeats += 1;
     this.heartbeatsAccepted += 1;
   }
@@ -360,6 +366,7 @@ export class Registry {
       lastProbeMs: r.lastProbeMs,
       interval: r.interval,
       probeTimeout: r.probeTimeout,
+      ...(r.paths === null ? {} : {paths: r.paths.map(p => ({...p}))}),
       reason: r.reason,
     }));
   }
@@ -370,6 +377,13 @@ export class Registry {
       record.timer = null;
     }
   }
+}
+
+function samePaths(a: ReadonlyArray<PathInfo> | null, b: ReadonlyArray<PathInfo>): boolean {
+  return a !== null && a.length === b.length && a.every((p, i) => {
+    const q = b[i]!;
+    return p.path === q.path && p.device === q.device && p.source === q.source && p.fstype === q.fstype && p.mountPoint === q.mountPoint;
+  });
 }
 
 function samePorts(a: ReadonlyArray<number>, b: ReadonlyArray<number>): boolean {

@@ -45,6 +45,10 @@ export function renderMetrics(snapshot: Snapshot, now: number): string {
     for (let i = 0; i < reporters.length; i++)
       out += `${metric.name}{${labels[i]!}} ${value(metric.value(reporters[i]!, now))}\n`;
   }
+  head('ebsmon_reporter_path_info', 'gauge', 'A watched path and the device the reporter pinned it to (always 1).');
+  for (let i = 0; i < reporters.length; i++)
+    for (const p of reporters[i]!.paths ?? [])
+      out += `ebsmon_reporter_path_info{${labels[i]!},path="${escapeLabel(p.path)}",device="${escapeLabel(p.device)}",source="${escapeLabel(p.source)}",fstype="${escapeLabel(p.fstype)}",mount_point="${escapeLabel(p.mountPoint)}"} 1\n`;
   head('ebsmon_monitor_pulse_timestamp_seconds', 'gauge', 'When the monitor last wrote its state (Unix time).');
   out += `ebsmon_monitor_pulse_timestamp_seconds ${value(snapshot.monitor.writtenAt / 1000)}\n`;
   head('ebsmon_heartbeats_total', 'counter', 'Heartbeats accepted by the monitor.');

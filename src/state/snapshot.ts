@@ -4,7 +4,7 @@ import * as t from 'typanion';
 
 import {SnapshotError, errnoCode} from '../errors';
 import {REJECT_REASONS} from '../heartbeat';
-import {isCount, isName, isNonNegative, isPid, isPort} from '../heartbeat/schema';
+import {isCount, isName, isNonNegative, isPathInfo, isPid, isPort} from '../heartbeat/schema';
 
 export const DEFAULT_STATE_DIR = '/run/ebsmon';
 export const SNAPSHOT_FILE = 'state.json';
@@ -37,6 +37,8 @@ export const isReporterSnapshot = t.isObject({
   lastProbeMs: t.isNullable(t.isNumber()),
   interval: t.isNullable(t.isNumber()),
   probeTimeout: t.isNullable(t.isNumber()),
+  /** The reporter's watched paths and their pinned devices (reporters that send them). */
+  paths: t.isOptional(t.isArray(isPathInfo)),
   reason: t.isString(),
 });
 

@@ -59,7 +59,7 @@ export function renderTable(view: StatusView, colors: Colors = NO_COLORS): strin
   if (view.reporters.length === 0)
     return `${lines.join('\n')}\nno reporters yet\n`;
 
-  const header = ['REPORTER', 'STATE', 'PORTS', 'LAST HEARTBEAT', 'DEADLINE', 'FENCED SINCE', 'FENCES'];
+  const header = ['REPORTER', 'STATE', 'PORTS', 'LAST HEARTBEAT', 'DEADLINE', 'FENCED SINCE', 'FENCES', 'DEVICES'];
   const rows = view.reporters.map(r => [
     r.name,
     r.state,
@@ -68,6 +68,7 @@ export function renderTable(view: StatusView, colors: Colors = NO_COLORS): strin
     r.deadlineInSeconds === null ? '-' : `in ${r.deadlineInSeconds.toFixed(1)}s`,
     r.fencedSince === null ? '-' : `${new Date(r.fencedSince).toISOString()} (${formatAge(r.fencedForSeconds)})`,
     String(r.fenceCount),
+    r.paths === undefined ? '-' : r.paths.map(p => `${p.path}=${p.source}`).join(' '),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map(row => row[i]!.length)));
   const pad = (cells: Array<string>) => cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ');

@@ -282,9 +282,11 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
       const table = await status();
       assert.equal(table.code, 0);
       const headline = backend === 'nftables' ? 'firewall nftables \\(deadlines in the kernel\\)' : 'firewall iptables';
-      assert.match(table.stdout, new RegExp(`^monitor alive: pid \\d+, pulse \\d+\\.\\ds ago, 1 reporter, ${headline}\nREPORTER +STATE +PORTS +LAST HEARTBEAT +DEADLINE +FENCED SINCE +FENCES\nwww +fenced +7000 +\\d+\\.\\ds ago +- +\\d{4}-.*Z \\(\\d+\\.\\ds ago\\) +1\n$`));
+      assert.match(table.stdout, new RegExp(`^monitor alive: pid \\d+, pulse \\d+\\.\\ds ago, 1 reporter, ${headline}\nREPORTER +STATE +PORTS +LAST HEARTBEAT +DEADLINE +FENCED SINCE +FENCES +DEVICES\nwww +fenced +7000 +\\d+\\.\\ds ago +- +\\d{4}-.*Z \\(\\d+\\.\\ds ago\\) +1 +\\S+/www=/dev/loop\\d+\n$`));
       const json = JSON.parse((await status('--json')).stdout);
       assert.equal(json.monitor.alive, true);
+      assert.equal(json.monitor.firewall, backend);
+      assert.equal(json.reporters[0].paths[0].source, volume.device, 'the device the reporter pinned');
       assert.equal(json.reporters[0].state, 'fenced');
       assert.equal(typeof json.reporters[0].lastHeartbeatAgeSeconds, 'number');
 
@@ -300,6 +302,8 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
         assert.ok(sample(file, 'ebsmon_heartbeats_total')! > 0);
         assert.equal(sample(file, 'ebsmon_lines_rejected_total{reason="malformed"}'), 0);
         assert.equal(sample(file, 'ebsmon_firewall_ok'), 1);
+        assert.equal(sample(file, `ebsmon_firewall_backend{backend="${backend}",deadlines_in_kernel="${backend === 'nftables'}"}`), 1);
+        assert.ok(fs.readFileSync(file, 'utf8').includes(`ebsmon_reporter_path_info{reporter="www",path="${path.join(volume.mountpoint, 'www')}",device=`), 'the watched path and its device');
         assert.ok(Math.abs(sample(file, 'ebsmon_monitor_pulse_timestamp_seconds')! - Date.now() / 1000) < 60);
       }
 
