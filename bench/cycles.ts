@@ -1,9 +1,10 @@
 // Freeze -> fenced and thaw -> unfenced, seen from a remote client, over
 // repeated cycles with a real reporter, monitor, loop volume and namespaces.
-import {spawn} from 'node:child_process';
+import {spawn, spawnSync} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import {parseTable} from '../src/fencing';
 import {HELPER, Proc, ebsmon, reporterIn} from '../test/helpers/proc';
 import {createNetRig, waitFor} from '../test/helpers/rig';
 import type {LoopVolume, Teardown} from '../test/helpers/rig';
@@ -17,16 +18,33 @@ const PORT = 7100;
 
 type Change = {state: string, t: number};
 
-export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown: Teardown, cycles = 10): Promise<void> {
+export type CycleOptions = {
+  backend: 'nftables' | 'iptables';
+  /** SIGSTOP the monitor before each freeze: only the kernel can fence (nftables). */
+  stopMonitor?: boolean;
+  cycles?: number;
+};
+
+/** The kernel's own deadline for a port, as `nft list set` shows it: epoch ms, or NaN. */
+export function kernelDeadline(ns: string, port: number): number {
+  const at = performance.timeOrigin + performance.now();
+  const listing = spawnSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'set', 'inet', 'ebsmon', 'alive'], {encoding: 'utf8'}).stdout;
+  const element = parseTable(`table inet ebsmon {\n${listing.split('\n').slice(1).join('\n')}`)?.alive.get(port);
+  return element?.expiresMs === null || element === undefined ? NaN : at + element.expiresMs;
+}
+
+export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown: Teardown, {backend, stopMonitor = false, cycles = 10}: CycleOptions): Promise<void> {
+  const label = `${backend}${stopMonitor ? ', monitor SIGSTOPped' : ''}`;
+  const key = `cycles_${backend}${stopMonitor ? '_stopped' : ''}`;
   const rig = createNetRig(teardown);
-  const stateDir = path.join(dir, 'cycles');
+  const stateDir = path.join(dir, key);
   const fifo = path.join(stateDir, 'ebsmon.fifo');
   const watched = path.join(volume.mountpoint, 'cycles');
   fs.mkdirSync(watched, {recursive: true});
   const procs: Array<Proc> = [];
   const server = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
   procs.push(server);
-  const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${TIMEOUT}`, `--recover=${RECOVER}`, '--log-level=info'], {ns: rig.srv});
+  const monitor = ebsmon(['monitor', `--firewall=${backend}`, `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${TIMEOUT}`, `--recover=${RECOVER}`, '--log-level=info'], {ns: rig.srv});
   procs.push(monitor);
   const lastHeartbeatAt = () => reporterIn(stateDir, 'cycles')?.lastHeartbeatAt ?? NaN;
   const stateOf = () => reporterIn(stateDir, 'cycles')?.state;
@@ -44,16 +62,27 @@ export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown
 
     const freezeToRefused: Array<number> = [];
     const heartbeatToRefused: Array<number> = [];
+    const deadlineToRefused: Array<number> = [];
     const thawToOk: Array<number> = [];
     const liftToOk: Array<number> = [];
     for (let cycle = 0; cycle < cycles; cycle++) {
+      if (stopMonitor)
+        monitor.kill('SIGSTOP');
       const frozenAt = performance.timeOrigin + performance.now();
       volume.freeze();
       try {
+        // The kernel says when the deadline is (the monitor's snapshot is stale while it is stopped),
+        // once the last heartbeat before the freeze has been re-armed: within a batch (0.1 s).
+        await new Promise(resolve => setTimeout(resolve, 500));
+        const deadline = backend === 'nftables' ? kernelDeadline(rig.srv, PORT) : NaN;
         const refused = await waitFor('refused', () => firstSince('refused', frozenAt), 30_000, 2);
         freezeToRefused.push(refused.t - frozenAt - TIMEOUT * 1000);
-        heartbeatToRefused.push(refused.t - lastHeartbeatAt() - TIMEOUT * 1000);
+        if (!stopMonitor)
+          heartbeatToRefused.push(refused.t - lastHeartbeatAt() - TIMEOUT * 1000);
+        if (!Number.isNaN(deadline))
+          deadlineToRefused.push(refused.t - deadline);
       } finally {
+        monitor.kill('SIGCONT');
         volume.thaw();
       }
       const thawedAt = performance.timeOrigin + performance.now();
@@ -65,14 +94,21 @@ export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown
       await waitFor('healthy', () => stateOf() === 'healthy');
     }
     const s1 = stat(freezeToRefused);
-    const s2 = stat(heartbeatToRefused);
     const s3 = stat(thawToOk);
     const s4 = stat(liftToOk);
-    line(`freeze -> remote refused, minus --timeout=${TIMEOUT}`, fmt(s1, 'ms'));
-    line('  last heartbeat -> refused, minus --timeout', fmt(s2, 'ms'));
-    line(`thaw -> remote ok, minus --recover x --interval`, fmt(s3, 'ms'));
+    line(`[${label}] freeze -> remote refused, minus --timeout=${TIMEOUT}`, fmt(s1, 'ms'));
+    const out: Record<string, unknown> = {cycles, timeout: TIMEOUT, recover: RECOVER, interval: INTERVAL, freezeToRefusedMinusTimeoutMs: s1, thawToOkMinusRecoverMs: s3, liftDecidedToOkMs: s4};
+    if (heartbeatToRefused.length > 0) {
+      out.lastHeartbeatToRefusedMinusTimeoutMs = stat(heartbeatToRefused);
+      line('  last heartbeat -> refused, minus --timeout', fmt(stat(heartbeatToRefused), 'ms'));
+    }
+    if (deadlineToRefused.length > 0) {
+      out.kernelDeadlineToRefusedMs = stat(deadlineToRefused);
+      line('  kernel deadline (nft expires) -> refused', fmt(stat(deadlineToRefused), 'ms'));
+    }
+    line(`  thaw -> remote ok, minus --recover x --interval`, fmt(s3, 'ms'));
     line('  lift decided (monitor log, ms) -> remote ok', fmt(s4, 'ms'));
-    results.cycles = {cycles, timeout: TIMEOUT, recover: RECOVER, interval: INTERVAL, freezeToRefusedMinusTimeoutMs: s1, lastHeartbeatToRefusedMinusTimeoutMs: s2, thawToOkMinusRecoverMs: s3, liftDecidedToOkMs: s4};
+    results[key] = out;
   } finally {
     volume.thaw();
     for (const proc of procs.reverse())

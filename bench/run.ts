@@ -12,6 +12,7 @@ import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
 import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
 
 import {freezeThawCycles} from './cycles';
+import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
 import {falseFenceSoak} from './soak';
 import {cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
@@ -200,7 +201,8 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
   const rig = createNetRig(teardown);
   const fifo = path.join(dir, 'mon', 'ebsmon.fifo');
   const stateDir = path.join(dir, 'mon');
-  const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=1', '--recover=1', '--max-reporters=10000', '--log-level=warn', '--protect-ports='], {ns: rig.srv});
+  // The iptables fallback: the monitor's own deadline, then iptables-restore.
+  const monitor = ebsmon(['monitor', '--firewall=iptables', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=1', '--recover=1', '--max-reporters=10000', '--log-level=warn', '--protect-ports='], {ns: rig.srv});
   await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));
   const writer = new FifoWriter(fifo);
   const count = () => {
@@ -224,7 +226,7 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
     await waitFor('cleared', () => count() === 0, 10_000, 5);
   }
   const s = stat(latencies);
-  line('deadline -> rule in kernel (IPv4, 20 fences)', fmt(s, 'ms'));
+  line('[iptables] deadline -> rule in kernel (IPv4, 20 fences)', fmt(s, 'ms'));
   results.fenceLatencyMs = s;
 
   for (const n of [100, 1000]) {
@@ -241,36 +243,10 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
       await waitFor('cleared', () => count() === 0, 30_000, 20);
     }
     const t = stat(times);
-    line(`fence ${n} reporters at once: deadline -> all rules in`, fmt(t, 'ms', 0));
+    line(`[iptables] fence ${n} reporters at once: deadline -> all rules in`, fmt(t, 'ms', 0));
     results[`fence${n}Ms`] = t;
   }
 
-  writer.close();
-  await monitor.stop();
-  for (const n of [1, 100, 1000])
-    await steadyFootprint(rig.srv, path.join(dir, `steady${n}`), n, Number(process.env.BENCH_STEADY_SECONDS ?? 60));
-}
-
-/** n reporters heartbeating at 1 Hz into a fresh monitor: its RSS and CPU. */
-async function steadyFootprint(ns: string, stateDir: string, n: number, seconds: number): Promise<void> {
-  const monitor = ebsmon(['monitor', `--fifo=${stateDir}/ebsmon.fifo`, `--state-dir=${stateDir}`, '--timeout=10', '--log-level=warn'], {ns});
-  await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));
-  const writer = new FifoWriter(`${stateDir}/ebsmon.fifo`);
-  const c0 = cpuTicks(monitor.pid);
-  const rss: Array<number> = [];
-  const own: Array<number> = [];
-  for (let second = 0; second < seconds; second++) {
-    const tick = performance.now();
-    for (let i = 0; i < n; i++)
-      while (!writer.send(heartbeat(`steady${i}`, 40000 + i)).ok)
-        await new Promise(resolve => setImmediate(resolve));
-    rss.push(rssKb(monitor.pid) / 1024);
-    own.push(privateKb(monitor.pid) / 1024);
-    await new Promise(resolve => setTimeout(resolve, Math.max(0, 1000 - (performance.now() - tick))));
-  }
-  const cpu = (cpuTicks(monitor.pid) - c0) / 100 / seconds * 100;
-  line(`monitor with ${n} reporter(s) at 1 Hz for ${seconds} s`, `RSS max ${Math.max(...rss).toFixed(1)} MB (private ${Math.max(...own).toFixed(1)} MB), CPU ${cpu.toFixed(2)} % of a core`);
-  results[`monitor${n}`] = {seconds, rssMaxMb: Math.max(...rss), privateMaxMb: Math.max(...own), cpuPercent: cpu};
   writer.close();
   await monitor.stop();
 }
@@ -290,7 +266,15 @@ async function main(): Promise<void> {
       ['paths', () => pathsCost(dir, teardown)],
       ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 600))],
       ['fencing', () => fencing(dir, teardown)],
-      ['cycles', () => freezeThawCycles(volume, dir, teardown)],
+      ['cycles', async () => {
+        await freezeThawCycles(volume, dir, teardown, {backend: 'nftables'});
+        await freezeThawCycles(volume, dir, teardown, {backend: 'nftables', stopMonitor: true});
+        await freezeThawCycles(volume, dir, teardown, {backend: 'iptables'});
+      }],
+      ['hung', () => hungDiskCycles(dir, teardown)],
+      ['many', () => manyAtOnce(dir, teardown)],
+      ['footprint', () => monitorFootprint(dir, teardown, seconds('BENCH_STEADY_SECONDS', 60))],
+      ['latency', () => packetPathLatency(dir, teardown)],
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
       ['soak', () => falseFenceSoak(dir, teardown, seconds('BENCH_SOAK_SECONDS', 300))],
     ];

@@ -6,7 +6,7 @@ import path from 'node:path';
 
 import {readSnapshot} from '../src/state';
 import {Proc, ebsmon, reporterIn} from '../test/helpers/proc';
-import {LoopVolume, waitFor} from '../test/helpers/rig';
+import {LoopVolume, createNetRig, waitFor} from '../test/helpers/rig';
 import type {Teardown} from '../test/helpers/rig';
 
 import {line, results, stat} from './stats';
@@ -23,7 +23,9 @@ export async function falseFenceSoak(dir: string, teardown: Teardown, seconds: n
   const procs: Array<Proc> = [];
   try {
     // Defaults for both: --timeout=10 --recover=3, --interval=1 --probe-timeout=3.
-    const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--log-level=warn', '--protect-ports=']);
+    // Its firewall changes stay inside a namespace of the bench's own.
+    const rig = createNetRig(teardown);
+    const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--log-level=warn', '--protect-ports='], {ns: rig.srv});
     procs.push(monitor);
     await waitFor('the monitor', () => readSnapshot(stateDir) !== null);
     const reporter = ebsmon(['report', `--monitor=${watched}`, '--ports=7200', `--fifo=${fifo}`, '--log-level=debug']);

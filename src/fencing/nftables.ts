@@ -124,7 +124,8 @@ export type NftablesOptions = {
   reconcileMs?: number;
 };
 
-type Applied = {comment: string, alive: PortAlive & {until?: number}, certain: boolean};
+/** What the kernel holds for a port, as last acknowledged: one object per port, updated in place. */
+type Applied = {comment: string, alive: {kind: PortAlive['kind'], ms: number, until: number}, certain: boolean};
 
 const DEFAULT_ACK_MS = 3_000;
 const JIFFY_SAFE_MS = 10;
@@ -293,7 +294,18 @@ export class NftablesFirewall implements Firewall {
       const before = this.applied.get(port);
       if (want.alive.kind === 'fenced' && (before === undefined || before.alive.kind !== 'fenced'))
         newlyFenced.push(port);
-      this.applied.set(port, {comment: want.comment, alive: want.alive, certain: true});
+      const alive = want.alive;
+      const ms = alive.kind === 'armed' ? alive.ms : 0;
+      const until = alive.until ?? 0;
+      if (before === undefined) {
+        this.applied.set(port, {comment: want.comment, alive: {kind: alive.kind, ms, until}, certain: true});
+      } else {
+        before.comment = want.comment;
+        before.certain = true;
+        before.alive.kind = alive.kind;
+        before.alive.ms = ms;
+        before.alive.until = until;
+      }
     }
     for (const port of [...this.applied.keys()])
       if (!plan.has(port))
@@ -453,35 +465,41 @@ export function rearmTimeout(lastMs: number, wantMs: number): number {
   return Math.abs(want - last) < JIFFY_SAFE_MS ? Math.max(1, last - JIFFY_SAFE_MS) : want;
 }
 
+type PlanEntry = PortPlan & {alive: PortAlive & {until?: number}};
+const FENCED: PortAlive = Object.freeze({kind: 'fenced'});
+const OPEN: PortAlive = Object.freeze({kind: 'open'});
+
 /**
  * Per port, what the kernel should hold: a port guarded by several reporters
  * is fenced if any of them is, else armed to the earliest of their deadlines,
- * else open.
+ * else open. One pass, one object per port: it runs on every flush.
  */
-export function planPorts(desired: ReadonlyArray<DesiredReporter>, now: number): Map<number, PortPlan & {alive: PortAlive & {until?: number}}> {
-  const byPort = new Map<number, {owners: Array<string>, fenced: boolean, until: number | null}>();
+export function planPorts(desired: ReadonlyArray<DesiredReporter>, now: number): Map<number, PlanEntry> {
+  const plan = new Map<number, PlanEntry>();
+  let shared = false;
   for (const reporter of desired) {
+    const arm = reporter.arm;
+    const alive: PortAlive & {until?: number} = arm.state === 'fenced' || (arm.state === 'armed' && arm.until <= now + 1) ? FENCED
+      : arm.state === 'open' ? OPEN : {kind: 'armed', ms: arm.until - now, until: arm.until};
     for (const port of reporter.ports) {
-      let entry = byPort.get(port);
+      const entry = plan.get(port);
       if (entry === undefined) {
-        entry = {owners: [], fenced: false, until: null};
-        byPort.set(port, entry);
+        plan.set(port, {port, comment: reporter.name, alive: alive.kind === 'armed' && reporter.ports.length > 1 ? {...alive} : alive});
+        continue;
       }
-      entry.owners.push(reporter.name);
-      const arm = reporter.arm;
-      if (arm.state === 'fenced' || (arm.state === 'armed' && arm.until <= now + 1))
-        entry.fenced = true;
-      else if (arm.state === 'armed')
-        entry.until = entry.until === null ? arm.until : Math.min(entry.until, arm.until);
+      shared = true;
+      entry.comment = `${entry.comment},${reporter.name}`;
+      const have = entry.alive;
+      if (have.kind === 'fenced' || alive.kind === 'fenced')
+        entry.alive = FENCED;
+      else if (alive.kind === 'armed' && (have.kind === 'open' || (have.until ?? Infinity) > alive.until!))
+        entry.alive = {...alive};
     }
   }
-  const plan = new Map<number, PortPlan & {alive: PortAlive & {until?: number}}>();
-  for (const [port, entry] of byPort) {
-    const alive: PortAlive & {until?: number} = entry.fenced
-      ? {kind: 'fenced'}
-      : entry.until === null ? {kind: 'open'} : {kind: 'armed', ms: entry.until - now, until: entry.until};
-    plan.set(port, {port, comment: commentFor([...entry.owners].sort()), alive});
-  }
+  if (shared)
+    for (const entry of plan.values())
+      if (entry.comment.includes(','))
+        entry.comment = commentFor(entry.comment.split(',').sort());
   return plan;
 }
 

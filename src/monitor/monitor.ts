@@ -9,7 +9,7 @@ import type {Message} from '../heartbeat';
 import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
 import {SpawnHelper} from '../spawn';
-import {METRICS_FILE, SNAPSHOT_VERSION, emptyRejections, readSnapshot, renderMetrics, writeAtomic, writeAtomicAsync, writeSnapshot} from '../state';
+import {METRICS_FILE, SNAPSHOT_VERSION, copyAtomicAsync, emptyRejections, readSnapshot, renderMetricsTo, writeAtomicChunks, writeSnapshot} from '../state';
 import type {Snapshot} from '../state';
 import {ensureFifo, openFifoReader} from '../transport';
 import {Applier} from './applier';
@@ -212,16 +212,16 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     reporters: registry.snapshot(),
   });
 
-  // --metrics-file may sit on a disk (node_exporter's textfile directory): written off the loop, one at a time.
-  const metricsFile = options.metricsFile === undefined ? null : writeAtomicAsync(options.metricsFile);
+  // --metrics-file may sit on a disk (node_exporter's textfile directory): copied off the loop, one at a time.
+  const metricsFile = options.metricsFile === undefined ? null : copyAtomicAsync(options.metricsFile);
+  const metricsPath = path.join(options.stateDir, METRICS_FILE);
   const writeState = () => {
     const snapshot = buildSnapshot();
     try {
       // The state directory is tmpfs: these writes cannot hang.
       writeSnapshot(options.stateDir, snapshot);
-      const metrics = renderMetrics(snapshot, snapshot.monitor.writtenAt);
-      writeAtomic(path.join(options.stateDir, METRICS_FILE), metrics);
-      metricsFile?.(metrics);
+      writeAtomicChunks(metricsPath, write => renderMetricsTo(snapshot, snapshot.monitor.writtenAt, write));
+      metricsFile?.(metricsPath);
     } catch (error) {
       limited.log('error', 'snapshot', `cannot write the state snapshot: ${(error as Error).message}`);
     }

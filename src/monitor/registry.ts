@@ -1,7 +1,7 @@
-import type {DesiredReporter, KernelView} from '../fencing';
+import type {Arm, DesiredReporter, KernelView} from '../fencing';
 import type {Goodbye, Heartbeat, PathInfo, Unblock} from '../heartbeat';
 import type {ReporterSnapshot, ReporterState} from '../state';
-import {armOf, step} from './lifecycle';
+import {step} from './lifecycle';
 import type {Life, LifeConfig, LifeEvent} from './lifecycle';
 
 /** Injected so the registry and the apply loop can run on a fake clock in tests. */
@@ -53,23 +53,32 @@ export type ReporterRecord = {
   pid: number;
   ports: ReadonlyArray<number>;
   life: Life;
-  lastHeartbeatAt: number | null;
+  /** Epoch ms; NaN until the first heartbeat. Numbers, never null: V8 then keeps them unboxed in the record. */
+  lastHeartbeatAt: number;
   lastBeatMono: number;
   fenceCount: number;
   flapCount: number;
   heartbeats: number;
-  lastProbeMs: number | null;
-  interval: number | null;
-  probeTimeout: number | null;
+  lastProbeMs: number;
+  interval: number;
+  probeTimeout: number;
   /** The watched paths and the devices they were pinned to, as the reporter last said. */
   paths: ReadonlyArray<PathInfo> | null;
   reason: string;
   timer: unknown;
   warnedSlowProbe: boolean;
+  /** Reused by desired(): what the firewall should hold for this reporter. */
+  wish: DesiredReporter & {ports: ReadonlyArray<number>, arm: Arm};
+  armed: {state: 'armed', until: number};
 };
+
+const FENCED: Arm = Object.freeze({state: 'fenced'});
+const OPEN: Arm = Object.freeze({state: 'open'});
 
 export class Registry {
   readonly reporters = new Map<string, ReporterRecord>();
+  /** The reporters' wishes in order; null when a reporter came or went. */
+  private desiredList: Array<DesiredReporter> | null = null;
   heartbeatsAccepted = 0;
   heartbeatsStale = 0;
 
@@ -122,20 +131,22 @@ export class Registry {
         pid: snapshot.pid,
         ports: [...snapshot.ports],
         life,
-        lastHeartbeatAt: snapshot.lastHeartbeatAt,
+        lastHeartbeatAt: snapshot.lastHeartbeatAt ?? NaN,
         lastBeatMono: snapshot.lastHeartbeatAt === null ? now : now - Math.max(0, wall - snapshot.lastHeartbeatAt),
         fenceCount,
         flapCount: snapshot.flapCount,
         heartbeats: snapshot.heartbeats,
-        lastProbeMs: snapshot.lastProbeMs,
-        interval: snapshot.interval,
-        probeTimeout: snapshot.probeTimeout,
+        lastProbeMs: snapshot.lastProbeMs ?? NaN,
+        interval: snapshot.interval ?? NaN,
+        probeTimeout: snapshot.probeTimeout ?? NaN,
         paths: snapshot.paths ?? null,
         reason,
         timer: null,
         warnedSlowProbe: false,
+        ...wishFor(snapshot.name),
       };
       this.reporters.set(record.name, record);
+      this.desiredList = null;
       this.schedule(record);
       if (life.state === 'fenced' && snapshot.state !== 'fenced') {
         this.effects.log('error', `${record.name}: ${reason}`, {reporter: record.name, ports: record.ports.join(',')});
@@ -173,20 +184,22 @@ export class Registry {
         pid: message.pid,
         ports,
         life: {state: 'healthy', until},
-        lastHeartbeatAt: null,
+        lastHeartbeatAt: NaN,
         lastBeatMono: now,
         fenceCount: 0,
         flapCount: 0,
         heartbeats: 0,
-        lastProbeMs: null,
+        lastProbeMs: NaN,
         interval: message.interval,
         probeTimeout: message.probeTimeout,
         paths: null,
         reason: 'first heartbeat',
         timer: null,
         warnedSlowProbe: false,
+        ...wishFor(message.name),
       };
       this.reporters.set(record.name, record);
+      this.desiredList = null;
       this.effects.log('info', `new reporter ${record.name}: ports ${ports.join(',') || '(none)'}`, {reporter: record.name, pid: message.pid});
       this.accept(record, message, ports, now, wall);
       this.schedule(record);
@@ -244,6 +257,7 @@ export class Registry {
     }
     this.clock.clearTimer(record.timer);
     this.reporters.delete(record.name);
+    this.desiredList = null;
     this.effects.log('info', `${record.name} said goodbye: forgotten`, {reporter: record.name});
     this.effects.transition({name: record.name, ports: record.ports, state: 'forgotten', reason: 'goodbye'});
     this.effects.changed('now');
@@ -270,9 +284,14 @@ export class Registry {
 
   /** Runs the transition function and carries out what it decided. */
   private apply(record: ReporterRecord, event: LifeEvent): 'changed' | 'recovering' | 'unchanged' {
-    const from = record.life.state;
+    const from = record.life;
     const result = step(record.life, event, this.options);
-    record.life = result.life;
+    // Healthy stays healthy on nearly every heartbeat: move the deadline in place
+    // rather than keep a new object a second (it would outlive a scavenge, and pile up).
+    if (from.state === 'healthy' && result.life.state === 'healthy')
+      from.until = result.life.until;
+    else
+      record.life = result.life;
     this.schedule(record);
     if (result.change === null)
       return result.note === 'recovering' ? 'recovering' : 'unchanged';
@@ -285,7 +304,7 @@ export class Registry {
         this.effects.log('error', `${record.name}: ${reason}; fencing ports ${ports}`, {reporter: record.name});
         break;
       case 'healthy':
-        if (from === 'fenced') {
+        if (from.state === 'fenced') {
           record.flapCount += 1;
           this.effects.log('info', `${record.name} recovered after ${reason}: fence lifted`, {reporter: record.name, ports});
         } else {
@@ -338,13 +357,26 @@ export class Registry {
   }
 
   /** What the firewall should hold now. `stopping`: healthy reporters are left open, with no deadline. */
-  desired(stopping = false): Array<DesiredReporter> {
-    const out: Array<DesiredReporter> = [];
+  /**
+   * What the firewall should hold now. `stopping`: healthy reporters are left
+   * open, with no deadline. Read on every flush (10 a second with re-arms
+   * pending), so the list and its entries are reused, not rebuilt.
+   */
+  desired(stopping = false): ReadonlyArray<DesiredReporter> {
+    if (this.desiredList === null)
+      this.desiredList = [...this.reporters.values()].map(record => record.wish);
     for (const record of this.reporters.values()) {
-      const arm = armOf(record.life);
-      out.push({name: record.name, ports: record.ports, arm: stopping && arm.state === 'armed' ? {state: 'open'} : arm});
+      const wish = record.wish;
+      wish.ports = record.ports;
+      const life = record.life;
+      if (life.state === 'healthy' && !stopping) {
+        record.armed.until = life.until;
+        wish.arm = record.armed;
+      } else {
+        wish.arm = life.state === 'fenced' ? FENCED : OPEN;
+      }
     }
-    return out;
+    return this.desiredList;
   }
 
   snapshot(): Array<ReporterSnapshot> {
@@ -355,7 +387,7 @@ export class Registry {
       pid: r.pid,
       ports: [...r.ports],
       state: r.life.state,
-      lastHeartbeatAt: r.lastHeartbeatAt,
+      lastHeartbeatAt: orNull(r.lastHeartbeatAt),
       fencedSince: r.life.state === 'fenced' ? r.life.since : null,
       overriddenAt: r.life.state === 'overridden' ? r.life.at : null,
       overriddenBy: r.life.state === 'overridden' ? r.life.by : null,
@@ -363,9 +395,9 @@ export class Registry {
       fenceCount: r.fenceCount,
       flapCount: r.flapCount,
       heartbeats: r.heartbeats,
-      lastProbeMs: r.lastProbeMs,
-      interval: r.interval,
-      probeTimeout: r.probeTimeout,
+      lastProbeMs: orNull(r.lastProbeMs),
+      interval: orNull(r.interval),
+      probeTimeout: orNull(r.probeTimeout),
       ...(r.paths === null ? {} : {paths: r.paths.map(p => ({...p}))}),
       reason: r.reason,
     }));
@@ -377,6 +409,12 @@ export class Registry {
       record.timer = null;
     }
   }
+}
+
+const orNull = (n: number) => (Number.isNaN(n) ? null : n);
+
+function wishFor(name: string): {wish: ReporterRecord['wish'], armed: ReporterRecord['armed']} {
+  return {wish: {name, ports: [], arm: FENCED}, armed: {state: 'armed', until: 0}};
 }
 
 function samePaths(a: ReadonlyArray<PathInfo> | null, b: ReadonlyArray<PathInfo>): boolean {

@@ -28,39 +28,44 @@ const PER_REPORTER: ReadonlyArray<PerReporter> = [
  * each reporter's label escaped once, no intermediate arrays of samples.
  */
 export function renderMetrics(snapshot: Snapshot, now: number): string {
+  const pieces: Array<string> = [];
+  renderMetricsTo(snapshot, now, text => pieces.push(text));
+  return pieces.join('');
+}
+
+/** The same, line by line into `emit` (the monitor writes them in chunks: see writeAtomicChunks). */
+export function renderMetricsTo(snapshot: Snapshot, now: number, emit: (text: string) => void): void {
   const reporters = snapshot.reporters;
   const labels = reporters.map(r => `reporter="${escapeLabel(r.name)}"`);
-  let out = '';
   const head = (name: string, type: 'gauge' | 'counter', help: string) => {
-    out += `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
+    emit(`# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`);
   };
 
   head('ebsmon_reporter_state', 'gauge', 'Reporter state: 1 for the state it is in, 0 for the others.');
   for (let i = 0; i < reporters.length; i++) {
     for (const state of REPORTER_STATES)
-      out += `ebsmon_reporter_state{${labels[i]!},state="${state}"} ${reporters[i]!.state === state ? 1 : 0}\n`;
+      emit(`ebsmon_reporter_state{${labels[i]!},state="${state}"} ${reporters[i]!.state === state ? 1 : 0}\n`);
   }
   for (const metric of PER_REPORTER) {
     head(metric.name, metric.type, metric.help);
     for (let i = 0; i < reporters.length; i++)
-      out += `${metric.name}{${labels[i]!}} ${value(metric.value(reporters[i]!, now))}\n`;
+      emit(`${metric.name}{${labels[i]!}} ${value(metric.value(reporters[i]!, now))}\n`);
   }
   head('ebsmon_reporter_path_info', 'gauge', 'A watched path and the device the reporter pinned it to (always 1).');
   for (let i = 0; i < reporters.length; i++)
     for (const p of reporters[i]!.paths ?? [])
-      out += `ebsmon_reporter_path_info{${labels[i]!},path="${escapeLabel(p.path)}",device="${escapeLabel(p.device)}",source="${escapeLabel(p.source)}",fstype="${escapeLabel(p.fstype)}",mount_point="${escapeLabel(p.mountPoint)}"} 1\n`;
+      emit(`ebsmon_reporter_path_info{${labels[i]!},path="${escapeLabel(p.path)}",device="${escapeLabel(p.device)}",source="${escapeLabel(p.source)}",fstype="${escapeLabel(p.fstype)}",mount_point="${escapeLabel(p.mountPoint)}"} 1\n`);
   head('ebsmon_monitor_pulse_timestamp_seconds', 'gauge', 'When the monitor last wrote its state (Unix time).');
-  out += `ebsmon_monitor_pulse_timestamp_seconds ${value(snapshot.monitor.writtenAt / 1000)}\n`;
+  emit(`ebsmon_monitor_pulse_timestamp_seconds ${value(snapshot.monitor.writtenAt / 1000)}\n`);
   head('ebsmon_heartbeats_total', 'counter', 'Heartbeats accepted by the monitor.');
-  out += `ebsmon_heartbeats_total ${value(snapshot.monitor.heartbeats)}\n`;
+  emit(`ebsmon_heartbeats_total ${value(snapshot.monitor.heartbeats)}\n`);
   head('ebsmon_lines_rejected_total', 'counter', 'FIFO lines dropped by the decoder, by reason.');
   for (const [reason, n] of Object.entries(snapshot.monitor.linesRejected))
-    out += `ebsmon_lines_rejected_total{reason="${escapeLabel(reason)}"} ${value(n)}\n`;
+    emit(`ebsmon_lines_rejected_total{reason="${escapeLabel(reason)}"} ${value(n)}\n`);
   head('ebsmon_firewall_ok', 'gauge', '1 when the last firewall update succeeded.');
-  out += `ebsmon_firewall_ok ${snapshot.monitor.firewallOk ? 1 : 0}\n`;
+  emit(`ebsmon_firewall_ok ${snapshot.monitor.firewallOk ? 1 : 0}\n`);
   if (snapshot.monitor.firewall !== undefined) {
     head('ebsmon_firewall_backend', 'gauge', 'The firewall backend in use (1), and whether the kernel holds the deadlines.');
-    out += `ebsmon_firewall_backend{backend="${snapshot.monitor.firewall}",deadlines_in_kernel="${snapshot.monitor.deadlinesInKernel === true}"} 1\n`;
+    emit(`ebsmon_firewall_backend{backend="${snapshot.monitor.firewall}",deadlines_in_kernel="${snapshot.monitor.deadlinesInKernel === true}"} 1\n`);
   }
-  return out;
 }
