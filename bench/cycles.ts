@@ -27,8 +27,9 @@ export type CycleOptions = {
 
 /** The kernel's own deadline for a port, as `nft list set` shows it: epoch ms, or NaN. */
 export function kernelDeadline(ns: string, port: number): number {
-  const at = performance.timeOrigin + performance.now();
   const listing = spawnSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'set', 'inet', 'ebsmon', 'alive'], {encoding: 'utf8'}).stdout;
+  // nft reads the kernel at the end of its run, after its start-up: time it from when it returned.
+  const at = performance.timeOrigin + performance.now();
   const element = parseTable(`table inet ebsmon {\n${listing.split('\n').slice(1).join('\n')}`)?.alive.get(port);
   return element?.expiresMs === null || element === undefined ? NaN : at + element.expiresMs;
 }

@@ -6,6 +6,7 @@ import {spawn, spawnSync} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import {parseDuration} from '../src/fencing';
 import {encodeMessage} from '../src/heartbeat';
 import {FifoWriter} from '../src/transport';
 import {ebsmonTable} from '../test/helpers/firewall';
@@ -112,7 +113,7 @@ export async function manyAtOnce(dir: string, teardown: Teardown, n = 1000, runs
   const base = 41000;
   const sample = Array.from({length: 10}, (_, i) => base + Math.floor(i * (n - 1) / 9));
   const procs: Array<Proc> = [server(rig, sample)];
-  const stateDir = path.join(dir, 'many');
+  const stateDir = tmpfs(path.join(dir, 'many'), teardown);
   const kernelSpread: Array<number> = [];
   const clientSpread: Array<number> = [];
   const deadlineToLast: Array<number> = [];
@@ -127,19 +128,21 @@ export async function manyAtOnce(dir: string, teardown: Teardown, n = 1000, runs
       for (let i = 0; i < n; i++)
         await send(writer, beat(`many${i}`, base + i, sentAt));
       await waitFor('all armed', () => (ebsmonTable(rig.srv)?.alive.size ?? 0) >= n, 30_000, 50);
-      const watchers = sample.map(port => watcher(rig, port));
-      procs.push(...watchers);
-      await waitFor('the watchers connecting', () => watchers.every(w => changes(w).at(-1)?.state === 'ok'), 30_000);
-      const listedAt = now();
-      const table = ebsmonTable(rig.srv)!;
-      const deadlines = [...table.alive.values()].filter(e => e.port >= base).map(e => listedAt + (e.expiresMs ?? NaN));
-      kernelSpread.push(Math.max(...deadlines) - Math.min(...deadlines));
-      const refused = await Promise.all(watchers.map(w => waitFor('refused', () => changes(w).find(c => c.state === 'refused'), 30_000, 2)));
-      const times = refused.map(c => c.t);
-      clientSpread.push(Math.max(...times) - Math.min(...times));
-      deadlineToLast.push(Math.max(...times) - (sentAt + TIMEOUT * 1000));
-      for (const w of watchers)
-        await w.stop();
+      // One process watches the sampled ports (ten busy processes would measure the scheduler).
+      const watch = new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('watcher.mjs'), rig.srvV4, sample.join(',')], {stdio: ['ignore', 'pipe', 'pipe']}));
+      procs.push(watch);
+      const seen = () => changes(watch) as Array<Change & {port: number}>;
+      await waitFor('the watcher connecting', () => sample.every(port => seen().some(c => c.port === port && c.state === 'ok')), 30_000);
+      const listing = spawnSync('ip', ['netns', 'exec', rig.srv, 'nft', 'list', 'set', 'inet', 'ebsmon', 'alive'], {encoding: 'utf8'}).stdout;
+      const expires = [...listing.matchAll(/(\d+) timeout \S+ expires (\S+)/g)].filter(m => Number(m[1]) >= base).map(m => parseDuration(m[2]!) ?? NaN);
+      kernelSpread.push(Math.max(...expires) - Math.min(...expires));
+      const refused = await waitFor('all sampled refused', () => {
+        const firsts = sample.map(port => seen().find(c => c.port === port && c.state === 'refused'));
+        return firsts.every(Boolean) ? firsts.map(c => c!.t) : null;
+      }, 30_000, 5);
+      clientSpread.push(Math.max(...refused) - Math.min(...refused));
+      deadlineToLast.push(Math.max(...refused) - (sentAt + TIMEOUT * 1000));
+      await watch.stop();
       // Back to healthy for the next run: one fresh heartbeat each (--recover=1).
       for (let i = 0; i < n; i++)
         await send(writer, beat(`many${i}`, base + i));
@@ -153,9 +156,17 @@ export async function manyAtOnce(dir: string, teardown: Teardown, n = 1000, runs
   }
   const [k, c, l] = [stat(kernelSpread), stat(clientSpread), stat(deadlineToLast)];
   line(`${n} reporters hung at once: spread of kernel deadlines`, fmt(k, 'ms'));
-  line('  spread of refusals, 10 sampled ports (clients)', fmt(c, 'ms'));
+  line('  spread of refusals on 10 sampled ports (one client)', fmt(c, 'ms'));
   line('  deadline -> last sampled port refused', fmt(l, 'ms'));
   results.manyAtOnce = {reporters: n, kernelDeadlineSpreadMs: k, clientRefusalSpreadMs: c, deadlineToLastRefusedMs: l};
+}
+
+/** A tmpfs for a monitor's state directory, as /run is. */
+function tmpfs(dir: string, teardown: Teardown): string {
+  fs.mkdirSync(dir, {recursive: true});
+  sh(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', dir]);
+  teardown.add(['umount', '-l', dir]);
+  return dir;
 }
 
 /** CPU ticks of a process and everything below it (nft -i, nft monitor, the helper), reaped children included. */
@@ -184,44 +195,48 @@ const treeRssKb = (pid: number) => [pid, ...descendants(pid)].reduce((sum, p) =>
  */
 export async function monitorFootprint(dir: string, teardown: Teardown, seconds: number): Promise<void> {
   const rig = createNetRig(teardown);
-  for (const backend of ['nftables', 'iptables'] as const) {
-    for (const n of [10, 1000]) {
-      const stateDir = path.join(dir, `footprint-${backend}-${n}`);
-      const monitor = ebsmon(['monitor', `--firewall=${backend}`, `--fifo=${stateDir}/ebsmon.fifo`, `--state-dir=${stateDir}`, '--timeout=10', '--log-level=warn', `--max-reporters=${n + 10}`, '--protect-ports='], {ns: rig.srv});
-      await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));
-      const writer = new FifoWriter(`${stateDir}/ebsmon.fifo`);
-      const slots = 10;
-      const tick = async (second: number) => {
-        for (let slot = 0; slot < slots; slot++) {
-          const start = performance.now();
-          for (let i = slot; i < n; i += slots)
-            await send(writer, beat(`fp${i}`, 42000 + i));
-          await sleep(Math.max(0, 100 - (performance.now() - start)));
-        }
-        void second;
-      };
-      // A warm-up round registers everyone; then measure.
-      for (let s = 0; s < 3; s++)
-        await tick(s);
-      const c0 = treeTicks(monitor.pid);
-      const own0 = cpuTicks(monitor.pid);
-      const rss: Array<number> = [];
-      const tree: Array<number> = [];
-      const priv: Array<number> = [];
-      for (let s = 0; s < seconds; s++) {
-        await tick(s);
-        rss.push(rssKb(monitor.pid) / 1024);
-        priv.push(privateKb(monitor.pid) / 1024);
-        tree.push(treeRssKb(monitor.pid) / 1024);
+  const base = tmpfs(path.join(dir, 'footprint'), teardown);
+  // aligned: as ebsmon reporters send them (each on the wall-clock second); spread: evenly over each second.
+  const runs: Array<[string, 'nftables' | 'iptables', number, 'aligned' | 'spread']> = [
+    ['nftables', 'nftables', 10, 'aligned'], ['nftables', 'nftables', 1000, 'aligned'], ['nftables', 'nftables', 1000, 'spread'],
+    ['iptables', 'iptables', 10, 'aligned'], ['iptables', 'iptables', 1000, 'aligned'],
+  ];
+  for (const [label, backend, n, pattern] of runs) {
+    const stateDir = path.join(base, `${backend}-${n}-${pattern}`);
+    const monitor = ebsmon(['monitor', `--firewall=${backend}`, `--fifo=${stateDir}/ebsmon.fifo`, `--state-dir=${stateDir}`, '--timeout=10', '--log-level=warn', `--max-reporters=${n + 10}`, '--protect-ports='], {ns: rig.srv});
+    await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));
+    const writer = new FifoWriter(`${stateDir}/ebsmon.fifo`);
+    const slots = pattern === 'aligned' ? 1 : 10;
+    const second = async () => {
+      await sleep(1000 - Date.now() % 1000);
+      for (let slot = 0; slot < slots; slot++) {
+        const start = performance.now();
+        for (let i = slot; i < n; i += slots)
+          await send(writer, beat(`fp${i}`, 42000 + i));
+        if (slots > 1)
+          await sleep(Math.max(0, 1000 / slots - (performance.now() - start)));
       }
-      const cpu = (treeTicks(monitor.pid) - c0) / seconds;
-      const own = (cpuTicks(monitor.pid) - own0) / seconds;
-      const armed = backend === 'nftables' ? ebsmonTable(rig.srv)?.alive.size ?? 0 : 0;
-      line(`[${backend}] monitor, ${n} reporters at 1 Hz, ${seconds} s`, `CPU ${cpu.toFixed(2)} % of a core with its children (${own.toFixed(2)} % itself); RSS max ${Math.max(...rss).toFixed(1)} MB (private ${Math.max(...priv).toFixed(1)} MB), with children ${Math.max(...tree).toFixed(1)} MB${backend === 'nftables' ? `; ${armed} ports armed` : ''}`);
-      results[`footprint_${backend}_${n}`] = {seconds, cpuPercentWithChildren: cpu, cpuPercentMonitor: own, rssMaxMb: Math.max(...rss), privateMaxMb: Math.max(...priv), rssWithChildrenMaxMb: Math.max(...tree)};
-      writer.close();
-      await monitor.stop();
+    };
+    // A warm-up registers everyone; then measure.
+    for (let s = 0; s < 3; s++)
+      await second();
+    const c0 = treeTicks(monitor.pid);
+    const own0 = cpuTicks(monitor.pid);
+    const rss: Array<number> = [];
+    const tree: Array<number> = [];
+    const priv: Array<number> = [];
+    for (let s = 0; s < seconds; s++) {
+      await second();
+      rss.push(rssKb(monitor.pid) / 1024);
+      priv.push(privateKb(monitor.pid) / 1024);
+      tree.push(treeRssKb(monitor.pid) / 1024);
     }
+    const cpu = (treeTicks(monitor.pid) - c0) / seconds;
+    const own = (cpuTicks(monitor.pid) - own0) / seconds;
+    line(`[${label}] monitor, ${n} reporters at 1 Hz (${pattern}), ${seconds} s`, `CPU ${cpu.toFixed(2)} % of a core with its children (${own.toFixed(2)} % itself); RSS max ${Math.max(...rss).toFixed(1)} MB (private ${Math.max(...priv).toFixed(1)} MB), with children ${Math.max(...tree).toFixed(1)} MB`);
+    results[`footprint_${backend}_${n}_${pattern}`] = {seconds, cpuPercentWithChildren: cpu, cpuPercentMonitor: own, rssMaxMb: Math.max(...rss), privateMaxMb: Math.max(...priv), rssWithChildrenMaxMb: Math.max(...tree)};
+    writer.close();
+    await monitor.stop();
   }
 }
 
