@@ -35,9 +35,10 @@ function sameFences(a: ReadonlyArray<Fence>, b: ReadonlyArray<Fence>): boolean {
 }
 
 /**
- * The iptables fallback (hosts without nftables): chain EBSMON in the filter
- * table of iptables and ip6tables, one jump at position 1 of INPUT, the whole
- * chain rewritten with iptables-restore --noflush in one COMMIT per change.
+ * The iptables fallback (hosts without nftables): chains EBSMON (jumped to
+ * from position 1 of INPUT) and EBSMON_FWD (from position 1 of FORWARD, for
+ * published container ports) in the filter table of iptables and ip6tables,
+ * both rewritten with iptables-restore --noflush in one COMMIT per change.
  * The monitor decides every fence itself: there is no kernel-held deadline,
  * and each change needs an exec, so a hung root disk delays it.
  */
@@ -87,7 +88,8 @@ export class IptablesFirewall implements Firewall {
     for (const family of this.families) {
       const failure = await restore(this.run, family, restoreText(fences, this.known.get(family) ?? null));
       if (failure === null) {
-        this.known.set(family, {chainExists: true, jumpPositions: [0], fences: fences.flatMap(f => f.ports.map(port => ({name: f.name, port}))), strangers: 0});
+        const hook = () => ({chainExists: true, jumpPositions: [0], fences: fences.flatMap(f => f.ports.map(port => ({name: f.name, port}))), strangers: 0});
+        this.known.set(family, {...hook(), forward: hook()});
       } else {
         // Unknown kernel state after a failure: read it again before the next try.
         failures.push(failure);
@@ -143,12 +145,12 @@ export async function removeIptablesWithoutMonitor(run: Runner, name: string | n
       failures.push(state);
       continue;
     }
-    present = present || state.chainExists || state.jumpPositions.length > 0;
+    present = present || state.chainExists || state.jumpPositions.length > 0 || state.forward.chainExists || state.forward.jumpPositions.length > 0;
     let text: string | null;
     let count: number;
     if (name === null) {
       count = state.fences.length;
-      text = state.chainExists || state.jumpPositions.length > 0 ? removeAllText(state) : null;
+      text = state.chainExists || state.jumpPositions.length > 0 || state.forward.chainExists || state.forward.jumpPositions.length > 0 ? removeAllText(state) : null;
     } else {
       const keep = fencesByName(state);
       keep.delete(name);

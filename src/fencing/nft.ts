@@ -4,9 +4,10 @@
  *
  * One table, `inet ebsmon` (IPv4 and IPv6 at once), with a constant number of
  * rules whatever the number of reporters:
- *   set guarded  every reporter's ports (element comment: who guards it)
- *   set alive    the armed ports, each with a timeout: the kernel's deadline
- *   chain input  one rule: a guarded port that is not alive is rejected
+ *   set guarded    every reporter's ports (element comment: who guards it)
+ *   set alive      the armed ports, each with a timeout: the kernel's deadline
+ *   chain input    one rule: a guarded port that is not alive is rejected
+ *   chain forward  the same for published container ports (DNAT, then FORWARD)
  * When a reporter's heartbeats stop being re-armed, its elements expire and the
  * kernel fences at the deadline by itself, whatever happens to the monitor.
  */
@@ -18,13 +19,28 @@ export const CAPABILITY_PORT = 0;
 const COMMENT_MAX = 128;
 
 /**
- * Every packet to a guarded port that is not alive, from anywhere but
- * loopback, gets a TCP reset: established connections break on their next
- * packet, new ones are refused at once. `ct original proto-dst` matches the
- * port the client dialled, also when it was redirected. A reject in a base
- * chain is final: a foreign `accept` in another chain cannot bypass it.
+ * Every packet a client sends to a guarded port that is not alive, from
+ * anywhere but loopback, gets a TCP reset: established connections break on
+ * their next packet, new ones are refused at once. `ct original proto-dst`
+ * matches the port the client dialled, also when it was redirected; `ct
+ * direction original` keeps it to the clients' side (the replies to this
+ * host's own connections out to port 3306 elsewhere carry it too). A reject
+ * in a base chain is final: a foreign `accept` in another chain cannot bypass it.
  */
-export const FENCE_RULE = 'iifname != "lo" meta l4proto tcp ct original proto-dst @guarded ct original proto-dst != @alive reject with tcp reset comment "ebsmon"';
+export const FENCE_RULE = 'iifname != "lo" meta l4proto tcp ct direction original ct original proto-dst @guarded ct original proto-dst != @alive reject with tcp reset comment "ebsmon"';
+
+/**
+ * Docker and Podman publish a port with DNAT in prerouting: the packet then
+ * takes the forward hook with the container's address and port, and conntrack
+ * keeps the port the client dialled as the original destination. The host's
+ * own addresses as source are spared (the forward path never sees loopback).
+ */
+export const FORWARD_RULE = 'meta l4proto tcp ct direction original ct original proto-dst @guarded ct original proto-dst != @alive fib saddr type != local reject with tcp reset comment "ebsmon"';
+
+const CHAINS = [
+  {name: 'input', hook: 'input', rule: FENCE_RULE},
+  {name: 'forward', hook: 'forward', rule: FORWARD_RULE},
+] as const;
 
 export type PortAlive =
   | {kind: 'armed', ms: number}
@@ -49,8 +65,10 @@ function schema(): Array<string> {
   return [
     `add set ${TABLE} guarded { type inet_service; }`,
     `add set ${TABLE} alive { type inet_service; flags timeout; }`,
-    `add chain ${TABLE} input { type filter hook input priority filter; policy accept; }`,
-    `add rule ${TABLE} input ${FENCE_RULE}`,
+    ...CHAINS.flatMap(chain => [
+      `add chain ${TABLE} ${chain.name} { type filter hook ${chain.hook} priority filter; policy accept; }`,
+      `add rule ${TABLE} ${chain.name} ${chain.rule}`,
+    ]),
   ];
 }
 
@@ -123,7 +141,7 @@ export type ListedElement = {port: number, timeoutMs: number | null, expiresMs: 
 export type ListedTable = {
   guarded: Map<number, ListedElement>;
   alive: Map<number, ListedElement>;
-  /** The input chain holds exactly FENCE_RULE (whitespace aside). */
+  /** The input and forward chains hold exactly their rule (whitespace aside). */
   ruleInPlace: boolean;
   /** Sets or chains other than ours, or our sets with other definitions. */
   unexpected: Array<string>;
@@ -198,6 +216,7 @@ export function parseTable(text: string): ListedTable | null {
   const table: ListedTable = {guarded: new Map(), alive: new Map(), ruleInPlace: false, unexpected: []};
   let guardedOk = false;
   let aliveOk = false;
+  const chainsOk = new Set<string>();
   for (const block of blocks(text)) {
     const elements = /elements = \{([\s\S]*?)\}\s*$/.exec(block.body);
     const head = squash(block.body.replace(/elements = \{[\s\S]*?\}\s*$/, ''));
@@ -207,13 +226,16 @@ export function parseTable(text: string): ListedTable | null {
     } else if (block.kind === 'set' && block.name === 'alive' && head === 'type inet_service flags timeout') {
       aliveOk = true;
       table.alive = elements === null ? new Map() : parseElements(elements[1]!);
-    } else if (block.kind === 'chain' && block.name === 'input') {
+    } else if (block.kind === 'chain' && CHAINS.some(c => c.name === block.name)) {
+      const chain = CHAINS.find(c => c.name === block.name)!;
       const lines = block.body.split('\n').map(squash).filter(Boolean);
-      table.ruleInPlace = lines.length === 2 && lines[0] === 'type filter hook input priority filter; policy accept;' && lines[1] === FENCE_RULE;
+      if (lines.length === 2 && lines[0] === `type filter hook ${chain.hook} priority filter; policy accept;` && lines[1] === chain.rule)
+        chainsOk.add(chain.name);
     } else {
       table.unexpected.push(`${block.kind} ${block.name}`);
     }
   }
+  table.ruleInPlace = chainsOk.size === CHAINS.length;
   if (!guardedOk)
     table.unexpected.push('set guarded (missing or changed)');
   if (!aliveOk)

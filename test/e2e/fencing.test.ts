@@ -142,6 +142,12 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
       assert.equal(await tcpTry(rig.cli, rig.srvV6, PORT), 'refused');
       assert.equal(await tcpTry(rig.srv, '127.0.0.1', PORT), 'ok', 'loopback still reaches the service');
       assert.equal(await tcpTry(rig.srv, '::1', PORT), 'ok');
+      // The fence is for clients of this host's port 7000, not for this host's own connections out to a 7000 elsewhere.
+      const remote = new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
+      procs.push(remote);
+      await waitFor('a server on port 7000 elsewhere', () => remote.stdout.includes('listening'));
+      assert.equal(await tcpTry(rig.srv, rig.cliV4, PORT), 'ok', 'the replies to an outgoing connection are not fenced');
+      await remote.stop();
       await waitFor('the talking connection reset', () => /reset|closed/.test(talker.stdout));
       await waitFor('the idle connection closed', () => /reset|closed/.test(idle.stdout));
       assert.equal(foreignRules(backend, rig.srv), before0, 'foreign rules untouched during the fence');

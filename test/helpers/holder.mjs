@@ -1,6 +1,7 @@
 // Holds one connection open from the client namespace and reports, one line
 // each, what happens to it: "connected", then "pong" per answer, "reset"/"closed".
-// Mode "talk" sends a line every 100 ms; mode "idle" sends one and waits.
+// Mode "talk" sends a line every 100 ms; mode "idle" sends one and waits, and
+// sends one more on SIGUSR1 (printing "poked"): an idle pooled connection reused.
 import net from 'node:net';
 
 const [host, portText, mode] = process.argv.slice(2);
@@ -11,6 +12,10 @@ socket.on('connect', () => {
   socket.write('ping\n');
   if (mode === 'talk')
     timer = setInterval(() => socket.write('ping\n'), 100);
+});
+process.on('SIGUSR1', () => {
+  process.stdout.write('poked\n');
+  socket.write('ping\n');
 });
 socket.on('data', () => process.stdout.write('pong\n'));
 socket.on('error', error => {

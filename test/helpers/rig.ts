@@ -181,6 +181,34 @@ export function createNetRig(teardown: Teardown): NetRig {
   return rig;
 }
 
+export type ContainerRig = {ns: string, v4: string, v6: string, hostIf: string, hostV4: string, hostV6: string};
+
+/**
+ * A "container": a third namespace behind the server namespace, which
+ * forwards to it (as a host forwards to docker0). The client reaches it only
+ * through a published port on the server (DNAT), as it would a container's.
+ */
+export function createContainerRig(teardown: Teardown, rig: NetRig): ContainerRig {
+  rigCounter += 1;
+  const tag = `${process.pid}-${rigCounter}`;
+  const ctr: ContainerRig = {ns: `ebsmon-ctr-${tag}`, v4: '10.215.0.2', v6: 'fd00:e66::2', hostIf: `vh${rigCounter}x${process.pid % 10000}`, hostV4: '10.215.0.1', hostV6: 'fd00:e66::1'};
+  const inner = `vk${rigCounter}x${process.pid % 10000}`;
+  sh(['ip', 'netns', 'add', ctr.ns]);
+  teardown.add(['ip', 'netns', 'del', ctr.ns]);
+  sh(['ip', '-n', ctr.ns, 'link', 'set', 'lo', 'up']);
+  sh(['ip', 'link', 'add', ctr.hostIf, 'netns', rig.srv, 'type', 'veth', 'peer', 'name', inner, 'netns', ctr.ns]);
+  sh(['ip', '-n', rig.srv, 'addr', 'add', `${ctr.hostV4}/24`, 'dev', ctr.hostIf]);
+  sh(['ip', '-n', rig.srv, 'addr', 'add', `${ctr.hostV6}/64`, 'dev', ctr.hostIf, 'nodad']);
+  sh(['ip', '-n', ctr.ns, 'addr', 'add', `${ctr.v4}/24`, 'dev', inner]);
+  sh(['ip', '-n', ctr.ns, 'addr', 'add', `${ctr.v6}/64`, 'dev', inner, 'nodad']);
+  sh(['ip', '-n', rig.srv, 'link', 'set', ctr.hostIf, 'up']);
+  sh(['ip', '-n', ctr.ns, 'link', 'set', inner, 'up']);
+  sh(['ip', '-n', ctr.ns, 'route', 'add', 'default', 'via', ctr.hostV4]);
+  sh(['ip', '-n', ctr.ns, '-6', 'route', 'add', 'default', 'via', ctr.hostV6]);
+  sh(inNs(rig.srv, ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']));
+  return ctr;
+}
+
 export function inNs(ns: string, argv: Array<string>): Array<string> {
   return ['ip', 'netns', 'exec', ns, ...argv];
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import {describe, it} from 'node:test';
 
-import {FENCE_RULE, changesTransaction, commentFor, emptyChanges, parseDuration, parseTable, planPorts, rearmTimeout, replaceTransaction} from '../../src/fencing';
+import {FENCE_RULE, FORWARD_RULE, changesTransaction, commentFor, emptyChanges, parseDuration, parseTable, planPorts, rearmTimeout, replaceTransaction} from '../../src/fencing';
 
 const LISTING = `table inet ebsmon {
 \tset guarded {
@@ -20,6 +20,11 @@ const LISTING = `table inet ebsmon {
 \tchain input {
 \t\ttype filter hook input priority filter; policy accept;
 \t\t${FENCE_RULE}
+\t}
+
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\t${FORWARD_RULE}
 \t}
 }`;
 
@@ -45,6 +50,12 @@ describe('nftables text: built and read by pure functions', () => {
     assert.deepEqual(table.unexpected, []);
   });
 
+  it('a missing forward chain is a changed rule', () => {
+    const without = LISTING.replace(/\n\n\tchain forward \{[\s\S]*?\n\t\}/, '');
+    assert.ok(!without.includes('forward'));
+    assert.equal(parseTable(without)?.ruleInPlace, false);
+  });
+
   it('notices a changed rule, a foreign chain and a missing set', () => {
     const changed = parseTable(LISTING.replace('reject with tcp reset', 'accept').replace('\tset alive {', '\tchain extra {\n\t\ttype filter hook input priority -10; policy accept;\n\t}\n\n\tset alive2 {'));
     assert.ok(changed !== null);
@@ -64,6 +75,7 @@ describe('nftables text: built and read by pure functions', () => {
     assert.match(text, /add element inet ebsmon guarded \{ 80 comment "web", 3306 comment "mysql", 8080 \}/);
     assert.match(text, /add element inet ebsmon alive \{ 80 timeout 9876ms, 8080 \}$/);
     assert.ok(text.includes(`add rule inet ebsmon input ${FENCE_RULE}`));
+    assert.ok(text.includes(`add chain inet ebsmon forward { type filter hook forward priority filter; policy accept; }; add rule inet ebsmon forward ${FORWARD_RULE}`), 'published container ports too');
     assert.doesNotMatch(text, /flush/);
   });
 
