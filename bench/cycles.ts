@@ -6,7 +6,7 @@ import path from 'node:path';
 
 import {parseTable} from '../src/fencing';
 import {HELPER, Proc, ebsmon, reporterIn} from '../test/helpers/proc';
-import {createNetRig, waitFor} from '../test/helpers/rig';
+import {createContainerRig, createNetRig, waitFor} from '../test/helpers/rig';
 import type {LoopVolume, Teardown} from '../test/helpers/rig';
 
 import {fmt, line, results, stat} from './stats';
@@ -22,6 +22,8 @@ export type CycleOptions = {
   backend: 'nftables' | 'iptables';
   /** SIGSTOP the monitor before each freeze: only the kernel can fence (nftables). */
   stopMonitor?: boolean;
+  /** The service in a "container" namespace behind a published port (DNAT, then the forward hook). */
+  forwarded?: boolean;
   cycles?: number;
 };
 
@@ -34,16 +36,19 @@ export function kernelDeadline(ns: string, port: number): number {
   return element?.expiresMs === null || element === undefined ? NaN : at + element.expiresMs;
 }
 
-export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown: Teardown, {backend, stopMonitor = false, cycles = 10}: CycleOptions): Promise<void> {
-  const label = `${backend}${stopMonitor ? ', monitor SIGSTOPped' : ''}`;
-  const key = `cycles_${backend}${stopMonitor ? '_stopped' : ''}`;
+export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown: Teardown, {backend, stopMonitor = false, forwarded = false, cycles = 10}: CycleOptions): Promise<void> {
+  const label = `${backend}${stopMonitor ? ', monitor SIGSTOPped' : ''}${forwarded ? ', published container port' : ''}`;
+  const key = `cycles_${backend}${stopMonitor ? '_stopped' : ''}${forwarded ? '_forwarded' : ''}`;
   const rig = createNetRig(teardown);
+  const ctr = forwarded ? createContainerRig(teardown, rig) : null;
+  if (ctr !== null)
+    spawnSync('ip', ['netns', 'exec', rig.srv, 'nft', `add table ip nat; add chain ip nat pre { type nat hook prerouting priority dstnat; }; add rule ip nat pre tcp dport ${PORT} dnat to ${ctr.v4}:${PORT}`]);
   const stateDir = path.join(dir, key);
   const fifo = path.join(stateDir, 'ebsmon.fifo');
   const watched = path.join(volume.mountpoint, 'cycles');
   fs.mkdirSync(watched, {recursive: true});
   const procs: Array<Proc> = [];
-  const server = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
+  const server = new Proc(spawn('ip', ['netns', 'exec', ctr?.ns ?? rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
   procs.push(server);
   const monitor = ebsmon(['monitor', `--firewall=${backend}`, `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${TIMEOUT}`, `--recover=${RECOVER}`, '--log-level=info'], {ns: rig.srv});
   procs.push(monitor);

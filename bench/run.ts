@@ -269,6 +269,8 @@ async function main(): Promise<void> {
       ['cycles', async () => {
         await freezeThawCycles(volume, dir, teardown, {backend: 'nftables'});
         await freezeThawCycles(volume, dir, teardown, {backend: 'nftables', stopMonitor: true});
+        await freezeThawCycles(volume, dir, teardown, {backend: 'nftables', forwarded: true});
+        await freezeThawCycles(volume, dir, teardown, {backend: 'iptables', forwarded: true});
         await freezeThawCycles(volume, dir, teardown, {backend: 'iptables'});
       }],
       ['hung', () => hungDiskCycles(dir, teardown)],
