@@ -2,15 +2,15 @@ import assert from 'node:assert/strict';
 import {spawn} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import {after, before, describe, it} from 'node:test';
+import {describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
-import {dir as tmpDir} from 'tmp-promise';
 
 import {readSnapshot} from '../../src/state';
 import {ebsmonTable, fencedFor, foreignRules} from '../helpers/firewall';
 import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, tcpTry} from '../helpers/proc';
-import {LoopVolume, Teardown, createNetRig, descendants, inNs, isRoot, processState, requireRoot, sh, waitFor} from '../helpers/rig';
+import {LoopVolume, createNetRig, descendants, inNs, isRoot, processState, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
+import {useScratch} from '../helpers/suite';
 
 const PORT = 7000;
 const PORTS = [7101, 7102, 7103, 7104, 7105, 7301, 7302, 7303];
@@ -20,40 +20,20 @@ type Seen = Array<{state: string, t: number}>;
 const seen = (proc: Proc): Seen => proc.stdout.split('\n').filter(Boolean).map(line => JSON.parse(line) as {state: string, t: number});
 
 describe('nftables: the kernel holds every deadline', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
-  let dir: string;
-  let cleanupDir: () => Promise<void>;
-  let teardown: Teardown;
   let rig: NetRig;
   let volume: LoopVolume;
-  const procs: Array<Proc> = [];
-
-  before(async () => {
-    ({path: dir, cleanup: cleanupDir} = await tmpDir({unsafeCleanup: true}));
-    teardown = new Teardown(dir);
+  const scratch = useScratch(async ({dir, teardown, track, first}) => {
     rig = createNetRig(teardown);
     volume = LoopVolume.create(dir, teardown);
+    first(() => volume.thaw());
     sh(['mkdir', path.join(volume.mountpoint, 'www')]);
     const server = track(new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT), ...PORTS.map(String)], {stdio: ['ignore', 'pipe', 'pipe']})));
     await waitFor('the server', () => server.stdout.includes('listening'));
   });
-
-  after(async () => {
-    volume?.thaw();
-    for (const proc of procs.reverse()) {
-      proc.kill('SIGCONT');
-      await proc.stop();
-    }
-    teardown?.dispose();
-    await cleanupDir?.();
-  });
-
-  function track(proc: Proc): Proc {
-    procs.push(proc);
-    return proc;
-  }
+  const {track} = scratch;
 
   const paths = (name: string) => {
-    const stateDir = path.join(dir, name);
+    const stateDir = path.join(scratch.dir, name);
     return {stateDir, fifo: path.join(stateDir, 'ebsmon.fifo')};
   };
   const monitor = (stateDir: string, timeout = 2) => track(ebsmon(['monitor', '--firewall=nftables', `--fifo=${path.join(stateDir, 'ebsmon.fifo')}`, `--state-dir=${stateDir}`, `--timeout=${timeout}`, '--recover=2', '--log-level=debug'], {ns: rig.srv}));

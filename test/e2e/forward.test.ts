@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
 import {spawn} from 'node:child_process';
 import path from 'node:path';
-import {after, before, describe, it} from 'node:test';
+import {describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
-import {dir as tmpDir} from 'tmp-promise';
 
 import {BACKENDS, fencedFor, foreignRules} from '../helpers/firewall';
 import {HELPER, Proc, ebsmon, reporterIn, tcpTry} from '../helpers/proc';
-import {LoopVolume, Teardown, createContainerRig, createNetRig, inNs, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
+import {LoopVolume, createContainerRig, createNetRig, inNs, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {ContainerRig, NetRig} from '../helpers/rig';
+import {useScratch} from '../helpers/suite';
 
 const PUBLISHED = 13306;
 const INSIDE = 3306;
@@ -52,58 +52,38 @@ COMMIT
 
 for (const backend of BACKENDS)
 describe(`--firewall=${backend}: ports the host forwards to a container (Docker's -p)`, {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
-  let dir: string;
-  let cleanupDir: () => Promise<void>;
-  let teardown: Teardown;
   let rig: NetRig;
   let ctr: ContainerRig;
   let volume: LoopVolume;
-  const procs: Array<Proc> = [];
-
-  before(async () => {
-    ({path: dir, cleanup: cleanupDir} = await tmpDir({unsafeCleanup: true}));
-    teardown = new Teardown(dir);
+  const scratch = useScratch(async ({dir, teardown, track, first}) => {
     rig = createNetRig(teardown);
     ctr = createContainerRig(teardown, rig);
     volume = LoopVolume.create(dir, teardown);
+    first(() => volume.thaw());
     sh(['mkdir', path.join(volume.mountpoint, 'db')]);
     sh(inNs(rig.srv, ['iptables-restore']), {input: dockerRules(ctr, 'v4')});
     sh(inNs(rig.srv, ['ip6tables-restore']), {input: dockerRules(ctr, 'v6')});
     // Podman's netavark accepts in nftables, in a base chain that runs first.
     sh(inNs(rig.srv, ['nft', '-f', '-']), {input: `table inet netavark {\n chain forward {\n  type filter hook forward priority -10; policy accept;\n  ip daddr ${ctr.v4} tcp dport ${INSIDE} accept\n  ip6 daddr ${ctr.v6} tcp dport ${INSIDE} accept\n }\n}\n`});
-    const server = new Proc(spawn('ip', ['netns', 'exec', ctr.ns, process.execPath, HELPER('server.mjs'), String(INSIDE)], {stdio: ['ignore', 'pipe', 'pipe']}));
-    procs.push(server);
+    const server = track(new Proc(spawn('ip', ['netns', 'exec', ctr.ns, process.execPath, HELPER('server.mjs'), String(INSIDE)], {stdio: ['ignore', 'pipe', 'pipe']})));
     await waitFor('the container\'s server', () => server.stdout.includes('listening'));
   });
-
-  after(async () => {
-    volume?.thaw();
-    for (const proc of procs.reverse())
-      await proc.stop();
-    teardown?.dispose();
-    await cleanupDir?.();
-  });
+  const {track} = scratch;
 
   it('reachable while healthy; refused by --timeout when the volume freezes (IPv4 and IPv6), connections cut, the host\'s own traffic spared; back after the thaw; Docker\'s rules untouched and no bypass', async (t: TestContext) => {
     requireRoot(t);
-    const stateDir = path.join(dir, 'run');
+    const stateDir = path.join(scratch.dir, 'run');
     const fifo = path.join(stateDir, 'ebsmon.fifo');
-    const monitor = ebsmon(['monitor', `--firewall=${backend}`, `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=2', '--recover=2'], {ns: rig.srv});
-    procs.push(monitor);
+    const monitor = track(ebsmon(['monitor', `--firewall=${backend}`, `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=2', '--recover=2'], {ns: rig.srv}));
     await waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
     // The reporter watches the host directory bind-mounted into the container, and names the published port.
-    const reporter = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'db')}`, `--ports=${PUBLISHED}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.5']);
-    procs.push(reporter);
+    const reporter = track(ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'db')}`, `--ports=${PUBLISHED}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.5']));
     await waitFor('healthy', () => reporterIn(stateDir, 'db')?.state === 'healthy');
     assert.equal(await tcpTry(rig.cli, rig.srvV4, PUBLISHED), 'ok', 'the published port reaches the container');
     assert.equal(await tcpTry(rig.cli, rig.srvV6, PUBLISHED), 'ok');
     const before0 = foreignRules(backend, rig.srv);
 
-    const holder = (host: string, mode: 'talk' | 'idle') => {
-      const proc = new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('holder.mjs'), host, String(PUBLISHED), mode], {stdio: ['ignore', 'pipe', 'pipe']}));
-      procs.push(proc);
-      return proc;
-    };
+    const holder = (host: string, mode: 'talk' | 'idle') => track(new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('holder.mjs'), host, String(PUBLISHED), mode], {stdio: ['ignore', 'pipe', 'pipe']})));
     const talker = holder(rig.srvV4, 'talk');
     const idle = holder(rig.srvV6, 'idle');
     await waitFor('both forwarded connections answered', () => talker.stdout.includes('pong') && idle.stdout.includes('pong'));

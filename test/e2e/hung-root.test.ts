@@ -2,16 +2,16 @@ import assert from 'node:assert/strict';
 import {spawn} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import {after, before, describe, it} from 'node:test';
+import {describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
-import {dir as tmpDir} from 'tmp-promise';
 
 import {readSnapshot} from '../../src/state';
 import {foreignRules} from '../helpers/firewall';
 import {HungDisk, copyIntoUsrOverlay} from '../helpers/hang';
 import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, scrubbedEnv} from '../helpers/proc';
-import {EBSMON, Teardown, createNetRig, descendants, inNs, isRoot, processState, requireRoot, sh, waitFor} from '../helpers/rig';
+import {EBSMON, createNetRig, descendants, inNs, isRoot, processState, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
+import {useScratch} from '../helpers/suite';
 
 const PORT = 7000;
 /** What the monitor runs or loads after start-up: all of it comes from the hung disk. */
@@ -26,19 +26,13 @@ const PROGRAMS = ['/usr/bin/node', '/usr/sbin/nft', '/usr/bin/bash', '/usr/bin/s
  * data directory is on that disk too.
  */
 describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a disk that stops answering', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
-  let dir: string;
-  let cleanupDir: () => Promise<void>;
-  let teardown: Teardown;
   let rig: NetRig;
   let disk: HungDisk;
   let run: string;
-  const procs: Array<Proc> = [];
-
-  before(async () => {
-    ({path: dir, cleanup: cleanupDir} = await tmpDir({unsafeCleanup: true}));
-    teardown = new Teardown(dir);
+  const scratch = useScratch(async ({dir, teardown, track, first}) => {
     rig = createNetRig(teardown);
     disk = await HungDisk.create(dir, teardown);
+    first(() => disk.resume());
     const d = disk.mountpoint;
     for (const sub of ['usr-up', 'usr-work', 'etc-up', 'etc-work', 'data/www', 'log'])
       fs.mkdirSync(path.join(d, sub), {recursive: true});
@@ -53,24 +47,16 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
     // Foreign rules of both kinds, to prove they are never touched.
     sh(inNs(rig.srv, ['iptables', '-A', 'INPUT', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT']));
     sh(inNs(rig.srv, ['nft', 'add table inet foreign; add chain inet foreign early { type filter hook input priority -100; policy accept; }; add rule inet foreign early tcp dport 7000 accept']));
-    const server = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
-    procs.push(server);
+    const server = track(new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']})));
     await waitFor('the server', () => server.stdout.includes('listening'));
   });
-
-  after(async () => {
-    disk?.resume();
-    for (const proc of procs.reverse())
-      await proc.stop();
-    teardown?.dispose();
-    await cleanupDir?.();
-  });
+  const {track} = scratch;
 
   it('the kernel fences, the pulse never stops, status says fenced, foreign rules are untouched, and it recovers when the disk does', async (t: TestContext) => {
     requireRoot(t);
     const d = disk.mountpoint;
     const fifo = path.join(run, 'ebsmon.fifo');
-    const stderrFifo = path.join(dir, 'stderr.fifo');
+    const stderrFifo = path.join(scratch.dir, 'stderr.fifo');
     sh(['mkfifo', stderrFifo]);
     const unread = fs.openSync(stderrFifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     t.after(() => fs.closeSync(unread));
@@ -81,17 +67,14 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
       `exec 2>${stderrFifo}`,
       `exec /usr/bin/node --max-semi-space-size=2 ${d}/ebsmon monitor --firewall=nftables --fifo=${fifo} --state-dir=${run} --timeout=2 --recover=2 --log-level=debug --logfile=${d}/log/monitor.log`,
     ].join(' && ');
-    const monitor = new Proc(spawn('ip', ['netns', 'exec', rig.srv, 'unshare', '--mount', '--propagation', 'private', '--', 'bash', '--norc', '-c', overlays], {stdio: ['ignore', 'ignore', 'ignore'], env: scrubbedEnv()}));
-    procs.push(monitor);
+    const monitor = track(new Proc(spawn('ip', ['netns', 'exec', rig.srv, 'unshare', '--mount', '--propagation', 'private', '--', 'bash', '--norc', '-c', overlays], {stdio: ['ignore', 'ignore', 'ignore'], env: scrubbedEnv()})));
     const logged = () => (fs.existsSync(path.join(d, 'log/monitor.log')) ? fs.readFileSync(path.join(d, 'log/monitor.log'), 'utf8') : '');
     await waitFor('the monitor running', () => logged().includes('"monitor running"'), 30_000);
     const nodeMap = fs.readFileSync(`/proc/${monitor.pid}/maps`, 'utf8').split('\n').find(line => line.endsWith('/usr/bin/node'));
     assert.notEqual(Number(nodeMap?.split(/\s+/)[4]), fs.statSync('/usr/bin/node').ino, 'the monitor\'s node is the copy on the hung disk');
-    const reporter = ebsmon(['report', `--monitor=${d}/data/www`, `--ports=${PORT}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.5']);
-    procs.push(reporter);
+    const reporter = track(ebsmon(['report', `--monitor=${d}/data/www`, `--ports=${PORT}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.5']));
     await waitFor('healthy', () => reporterIn(run, 'www')?.state === 'healthy');
-    const watch = new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('watcher.mjs'), rig.srvV4, String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
-    procs.push(watch);
+    const watch = track(new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('watcher.mjs'), rig.srvV4, String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']})));
     const last = () => watch.stdout.trim().split('\n').filter(Boolean).map(l => JSON.parse(l) as {state: string}).at(-1)?.state;
     await waitFor('the remote client connecting', () => last() === 'ok');
     const before0 = foreignRules('nftables', rig.srv);

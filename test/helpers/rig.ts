@@ -213,6 +213,16 @@ export function inNs(ns: string, argv: Array<string>): Array<string> {
   return ['ip', 'netns', 'exec', ns, ...argv];
 }
 
+/** True while a process (or its zombie) exists. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The state letter of a process (R, S, D, T, Z...), or null when there is none. */
 export function processState(pid: number): string | null {
   try {

@@ -5,16 +5,7 @@ import {after, before, describe, it} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {SpawnHelper} from '../../src/spawn';
-import {waitFor} from '../helpers/rig';
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+import {alive, waitFor} from '../helpers/rig';
 
 describe('SpawnHelper: processes started without the event loop waiting for an exec', () => {
   let dir: string;
