@@ -120,8 +120,6 @@ export type NftablesOptions = {
   helper: SpawnHelper;
   /** A request not acknowledged in this long means the writer is stuck: it is replaced. */
   ackDeadlineMs?: number;
-  /** Re-read the table at least this often (a `nft monitor` child notices a deleted table at once). */
-  reconcileMs?: number;
 };
 
 /** What the kernel holds for a port, as last acknowledged: one object per port, updated in place. */

@@ -129,7 +129,9 @@ export function snapshotPath(stateDir: string): string {
 export function writeSnapshot(stateDir: string, snapshot: Snapshot): void {
   writeAtomicChunks(snapshotPath(stateDir), write => {
     write(`{"v":${JSON.stringify(snapshot.v)},"monitor":${JSON.stringify(snapshot.monitor)},"reporters":[`);
-    snapshot.reporters.forEach((reporter, i) => write(`${i === 0 ? '' : ','}${JSON.stringify(reporter)}`));
+    // A hundred reporters to a piece: few calls, and each string well below V8's large-object size.
+    for (let i = 0; i < snapshot.reporters.length; i += 100)
+      write(`${i === 0 ? '' : ','}${JSON.stringify(snapshot.reporters.slice(i, i + 100)).slice(1, -1)}`);
     write(']}\n');
   });
 }
