@@ -155,6 +155,8 @@ export class NftablesFirewall implements Firewall {
   private closed = false;
   private readonly limited: RateLimitedLog;
   private readonly ackMs: number;
+  /** How long nft takes per byte of a transaction, learnt from the acknowledgements. */
+  private msPerByte = 0.001;
 
   constructor(private readonly options: NftablesOptions) {
     this.limited = new RateLimitedLog(options.logger, 30_000);
@@ -266,19 +268,29 @@ export class NftablesFirewall implements Firewall {
   }
 
   async apply(desired: ReadonlyArray<DesiredReporter>): Promise<ApplyResult> {
-    const now = performance.now();
-    const plan = planPorts(desired, now);
-    let line: string;
     const replacing = this.replaceNext;
-    if (replacing) {
-      line = replaceTransaction([...plan.values()]);
-    } else {
+    const render = (at: number) => {
+      const plan = planPorts(desired, at);
+      if (replacing)
+        return {plan, line: replaceTransaction([...plan.values()])};
       const changes = this.diff(plan);
-      if (isEmpty(changes))
-        return {ok: true, newlyFenced: []};
-      line = changesTransaction(changes);
-    }
+      return {plan, line: isEmpty(changes) ? null : changesTransaction(changes)};
+    };
+    const now = performance.now();
+    let {plan, line} = render(now);
+    if (line === null)
+      return {ok: true, newlyFenced: []};
+    // The kernel starts a timeout when it commits, after nft has read and parsed the whole
+    // line (about 1 µs a byte: libedit reads one byte at a time). For a large transaction,
+    // write the time left as of then, or 1000 deadlines would land up to 50 ms late.
+    const lead = Math.min(500, this.msPerByte * line.length);
+    if (lead >= 1)
+      ({plan, line} = render(now + lead));
+    if (line === null)
+      return {ok: true, newlyFenced: []};
     const reply = await this.request(line);
+    if (reply.ok && line.length >= 2_000)
+      this.msPerByte = 0.7 * this.msPerByte + 0.3 * (reply.ms / line.length);
     if (!reply.ok) {
       if (!replacing && reply.failure === 'error' && isMissing(reply.output))
         this.lostTable();
