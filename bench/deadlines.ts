@@ -134,7 +134,7 @@ export async function manyAtOnce(dir: string, teardown: Teardown, n = 1000, runs
       const seen = () => changes(watch) as Array<Change & {port: number}>;
       await waitFor('the watcher connecting', () => sample.every(port => seen().some(c => c.port === port && c.state === 'ok')), 30_000);
       const listing = spawnSync('ip', ['netns', 'exec', rig.srv, 'nft', 'list', 'set', 'inet', 'ebsmon', 'alive'], {encoding: 'utf8'}).stdout;
-      const expires = [...listing.matchAll(/(\d+) timeout \S+ expires (\S+)/g)].filter(m => Number(m[1]) >= base).map(m => parseDuration(m[2]!) ?? NaN);
+      const expires = [...listing.matchAll(/(\d+) timeout [\dsmhd]+ expires ([\dsmhd]+)/g)].filter(m => Number(m[1]) >= base).map(m => parseDuration(m[2]!) ?? NaN);
       kernelSpread.push(Math.max(...expires) - Math.min(...expires));
       const refused = await waitFor('all sampled refused', () => {
         const firsts = sample.map(port => seen().find(c => c.port === port && c.state === 'refused'));
