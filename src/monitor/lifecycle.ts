@@ -72,15 +72,3 @@ export function step(life: Life, event: LifeEvent, config: LifeConfig): Step {
   }
   return unchanged(life);
 }
-
-/** What the firewall should do for a reporter in this state. */
-export function armOf(life: Life): {state: 'armed', until: number} | {state: 'open'} | {state: 'fenced'} {
-  switch (life.state) {
-    case 'healthy':
-      return {state: 'armed', until: life.until};
-    case 'overridden':
-      return {state: 'open'};
-    case 'fenced':
-      return {state: 'fenced'};
-  }
-}

@@ -8,6 +8,7 @@ import {LineDecoder} from '../heartbeat';
 import type {Message} from '../heartbeat';
 import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
+import {mountOf, readMountTable} from '../probe';
 import {SpawnHelper} from '../spawn';
 import {METRICS_FILE, SNAPSHOT_VERSION, copyAtomicAsync, emptyRejections, readSnapshot, renderMetricsTo, writeAtomicChunks, writeSnapshot} from '../state';
 import type {Snapshot} from '../state';
@@ -79,16 +80,7 @@ function removeStaleSpawnDirs(stateDir: string): void {
 
 function fsType(dir: string): string | null {
   try {
-    const real = fs.realpathSync(dir);
-    let best: {point: string, type: string} | null = null;
-    for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-      const fields = line.split(' ');
-      const dash = fields.indexOf('-');
-      const point = (fields[4] ?? '').replace(/\\(\d{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
-      if (dash > 0 && (real === point || real.startsWith(point === '/' ? '/' : `${point}/`)) && (best === null || point.length >= best.point.length))
-        best = {point, type: fields[dash + 1] ?? ''};
-    }
-    return best?.type ?? null;
+    return mountOf(readMountTable(), fs.realpathSync(dir))?.fstype ?? null;
   } catch {
     return null;
   }

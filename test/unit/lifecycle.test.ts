@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import {describe, it} from 'node:test';
 
-import {armOf, step} from '../../src/monitor/lifecycle';
+import {step} from '../../src/monitor/lifecycle';
 import type {Life, LifeEvent, Step} from '../../src/monitor/lifecycle';
 
 const config = {timeoutMs: 10_000, recover: 3};
@@ -47,11 +47,5 @@ describe('reporter lifecycle: one transition function', () => {
 
   it('--recover=1 lifts on the first fresh heartbeat', () => {
     assert.deepEqual(step(fenced(), beat(1, 1, 10_001), {timeoutMs: 10_000, recover: 1}).change, {to: 'healthy', reason: '1 consecutive heartbeat'});
-  });
-
-  it('maps each state to what the firewall holds', () => {
-    assert.deepEqual(armOf(healthy(5)), {state: 'armed', until: 5});
-    assert.deepEqual(armOf(fenced()), {state: 'fenced'});
-    assert.deepEqual(armOf(overridden), {state: 'open'});
   });
 });
