@@ -155,7 +155,7 @@ export class NftablesFirewall implements Firewall {
   private closed = false;
   private readonly limited: RateLimitedLog;
   private readonly ackMs: number;
-  /** How long nft takes per byte of a transaction, learnt from the acknowledgements. */
+  /** How long nft takes per byte of a transaction: the fastest rate lately seen in the acknowledgements. */
   private msPerByte = 0.001;
 
   constructor(private readonly options: NftablesOptions) {
@@ -289,8 +289,9 @@ export class NftablesFirewall implements Firewall {
     if (line === null)
       return {ok: true, newlyFenced: []};
     const reply = await this.request(line);
+    // The fastest recent rate: a slow answer says the machine was busy, not that nft got slower.
     if (reply.ok && line.length >= 2_000)
-      this.msPerByte = 0.7 * this.msPerByte + 0.3 * (reply.ms / line.length);
+      this.msPerByte = Math.min(reply.ms / line.length, this.msPerByte * 1.1);
     if (!reply.ok) {
       if (!replacing && reply.failure === 'error' && isMissing(reply.output))
         this.lostTable();
