@@ -47,7 +47,7 @@ export async function falseFenceSoak(dir: string, teardown: Teardown, seconds: n
     const mbPerSecond = written.reduce((n, w) => n + w.bytes / w.seconds, 0) / 2 ** 20;
     const fences = record()?.fenceCount ?? NaN;
     const probeMs = reporter.logs().filter(l => l.message === 'heartbeat sent').map(l => Number(l.probeMs));
-    const failures = reporter.logs().filter(l => /^probe failed/.test(String(l.message))).length;
+    const failures = reporter.logs().filter(l => /^failing: /.test(String(l.message))).length;
     const p = stat(probeMs);
     line(`false fences, ${seconds} s of ${WRITERS} fsync writers (defaults)`, `${fences} fences, ${failures} failed probes, ${notHealthy} non-healthy samples; load ${mbPerSecond.toFixed(1)} MB/s`);
     line('  probe latency under that load', `p50 ${p.median.toFixed(1)} ms, p99 ${p.p99!.toFixed(1)} ms, max ${p.max.toFixed(1)} ms (n=${p.n}; --probe-timeout=3 s)`);
