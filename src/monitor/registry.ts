@@ -277,7 +277,9 @@ export class Registry {
   /**
    * A reporter that cannot heartbeat says why. Kept for the fence's reason,
    * status and metrics; it moves no deadline and changes no state (anyone who
-   * can write the FIFO could send one), and only the reporter's own pid counts.
+   * can write the FIFO could send one, and could as well send heartbeats). A
+   * pid other than the last heartbeat's counts too: a reporter restarted on a
+   * hung disk never heartbeats, and its words are the only ones there are.
    */
   failing(message: Failing): void {
     const record = this.reporters.get(message.name);
@@ -285,12 +287,10 @@ export class Registry {
       this.effects.log('debug', `failing word from unknown reporter ${message.name}: ${message.reason}`);
       return;
     }
-    if (record.pid !== message.pid) {
-      this.effects.refuse(`failing:${message.name}`, `failing word for ${message.name} ignored: pid ${message.pid} is not the reporter's (${record.pid})`, {reporter: message.name});
-      return;
-    }
     if (message.sentAt < record.lastHeartbeatAt)
       return;
+    if (record.pid !== message.pid)
+      this.effects.log('debug', `${record.name} (pid ${message.pid}, restarted: its last heartbeat came from pid ${record.pid}) says: ${message.reason}`, {reporter: record.name});
     if (record.said !== message.reason)
       this.effects.log('debug', `${record.name} says: ${message.reason}`, {reporter: record.name});
     record.said = message.reason;

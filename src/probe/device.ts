@@ -57,6 +57,8 @@ export type DeviceNode = {
 };
 
 const SYS_DEV_BLOCK = '/sys/dev/block';
+/** How far back an I/O error's evidence looks: the error itself takes a millisecond. */
+export const LOOKBACK_MS = 5_000;
 
 function readSmall(file: string): string | null {
   try {
@@ -146,6 +148,8 @@ export class DeviceWatch {
   private progressAt = 0;
   /** the sample that opens the current window (the previous tick's) */
   private windowStart: DeviceSample | null = null;
+  /** the ticks' samples of the last LOOKBACK_MS, oldest first */
+  private readonly recent: Array<DeviceSample> = [];
   latest: DeviceStats | null = null;
 
   constructor(readonly node: DeviceNode) {
@@ -194,7 +198,15 @@ export class DeviceWatch {
     const from = this.windowStart ?? sample;
     this.latest = statsOf(this.node, from, sample, this.progressAt);
     this.windowStart = sample;
+    this.recent.push(sample);
+    while (this.recent.length > 1 && sample.at - this.recent[0]!.at > LOOKBACK_MS)
+      this.recent.shift();
     return sample;
+  }
+
+  /** The oldest tick sample of the last LOOKBACK_MS: a window long enough to say whether the device does anything. */
+  lookback(): DeviceSample | null {
+    return this.recent[0] ?? null;
   }
 
   close(): void {
@@ -290,7 +302,7 @@ const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
  */
 export function verdict(w: Window, failure: 'timeout' | 'error'): {verdict: Verdict, text: string} {
   if (failure === 'error')
-    return {verdict: 'errors', text: `${w.name}: ${plural(w.inflight, 'request')} in flight, ${w.done} completed in the last ${seconds(w.ms)}`};
+    return {verdict: 'errors', text: `${w.name} answered with an error: ${plural(w.inflight, 'request')} in flight, ${w.done} completed in the last ${seconds(w.ms)}`};
   const quiet = w.done === 0 || w.quietMs >= w.ms / 2;
   if (quiet && w.inflight > 0)
     return {verdict: 'stuck', text: `${w.name}: ${plural(w.inflight, 'request')} in flight, none completed for ${seconds(w.quietMs)}`};

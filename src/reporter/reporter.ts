@@ -342,8 +342,10 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     let window: DeviceWindow | null = null;
     if (w.device !== null && w.startSample !== null) {
       const now = w.device.sample();
+      // A timeout is judged over the probe's own life; an error over the last few seconds (the error took a millisecond).
+      const from = outcome.code === 'ETIMEDOUT' ? w.startSample : w.device.lookback() ?? w.startSample;
       if (now !== null)
-        window = {name: w.device.node.name, from: w.startSample, to: now, progressAt: w.device.quietSince()};
+        window = {name: w.device.node.name, from, to: now, progressAt: w.device.quietSince()};
     }
     return describeProbe(w.pin.path, outcome, window);
   };

@@ -41,7 +41,7 @@ describe('what the device was doing: the verdict in words', () => {
     ['completions with a long await: saturated', win({inflight: 31, inflightWrites: 31, done: 2140, doneWrites: 2140, awaitMs: 1900, busyPercent: 100, quietMs: 0}), 'timeout', 'busy', 'nvme1n1 busy: 2140 I/Os completed in the last 3.0 s, await 1.9 s, 100% utilised (saturated, not hung)'],
     ['fully utilised with short awaits: saturated', win({inflight: 4, inflightWrites: 4, done: 90000, doneWrites: 90000, awaitMs: 2.5, busyPercent: 97, quietMs: 0}), 'timeout', 'busy', 'nvme1n1 busy: 90000 I/Os completed in the last 3.0 s, await 2.5 ms, 97% utilised (saturated, not hung)'],
     ['writes complete quickly and the device is mostly idle: the probe is held above it', win({done: 3, doneWrites: 3, awaitMs: 12.34, busyPercent: 2, quietMs: 0}), 'timeout', 'answering', 'nvme1n1 answers: 3 I/Os completed in the last 3.0 s, await 12 ms, 2% utilised; the probe is held up above the device'],
-    ['after an I/O error only the facts', win({done: 2, doneWrites: 1, doneReads: 1}), 'error', 'errors', 'nvme1n1: 0 requests in flight, 2 completed in the last 3.0 s'],
+    ['after an I/O error only the facts', win({done: 2, doneWrites: 1, doneReads: 1}), 'error', 'errors', 'nvme1n1 answered with an error: 0 requests in flight, 2 completed in the last 3.0 s'],
   ];
   for (const [name, window, failure, expected, text] of table) {
     it(name, () => {
@@ -123,6 +123,9 @@ describe('finding a mount\'s device node in sysfs', () => {
       watch.tick(3500);
       assert.equal(watch.quietSince(), 2000, 'no completion since the sample at 2000');
       assert.deepEqual([watch.latest?.done, watch.latest?.quietMs, watch.latest?.inflight], [0, 1500, 4]);
+      assert.equal(watch.lookback()?.at, 1000, 'an error looks back over the ticks of the last 5 s');
+      watch.tick(7000);
+      assert.equal(watch.lookback()?.at, 2000, 'older ticks are dropped');
     } finally {
       watch.close();
     }

@@ -41,7 +41,7 @@ describe('a failing probe or check in words (the reason the monitor and the log 
   });
 
   it('an I/O error with the device\'s facts; a full volume says what frees it; a mount problem and no device say nothing of a device', () => {
-    assert.equal(composeReason([describeProbe('/data', fail('EIO', 'write: EIO: input/output error'), {...stuck, to: at(1000, {writes: 201})})]), 'probe of /data failed: write: EIO: input/output error; nvme1n1: 0 requests in flight, 1 completed in the last 1.0 s');
+    assert.equal(composeReason([describeProbe('/data', fail('EIO', 'write: EIO: input/output error'), {...stuck, to: at(1000, {writes: 201})})]), 'probe of /data failed: write: EIO: input/output error; nvme1n1 answered with an error: 0 requests in flight, 1 completed in the last 1.0 s');
     assert.equal(composeReason([describeProbe('/data', fail('ENOSPC', 'write: ENOSPC: no space left on device'), stuck)]), 'probe of /data failed: write: ENOSPC: no space left on device (the volume is full and the probe file has no block of its own yet; free some space)');
     assert.equal(composeReason([describeProbe('/data', fail('EMOUNTGONE', 'mount gone: /dev/x (7:1) is no longer mounted at /data; ...'), stuck)]), 'probe of /data: mount gone: /dev/x (7:1) is no longer mounted at /data; ...');
     assert.equal(composeReason([describeProbe('/data', fail('ETIMEDOUT', 'timed out after 3.0 s'), null)]), 'probe of /data timed out after 3.0 s');
