@@ -5,8 +5,9 @@ NODE_TEST := node --import tsx --test --test-reporter=spec
 # perl-base runs the probe child (Essential on Debian, listed so it is never assumed).
 SYSTEM_TOOLS := nftables iptables iproute2 util-linux e2fsprogs coreutils procps systemd perl-base
 # For the tests and the bench only: promtool (package prometheus) checks
-# metrics.prom; the MariaDB end-to-end test starts its own mariadbd.
-TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3
+# metrics.prom; the MariaDB end-to-end test starts its own mariadbd; python3
+# runs test/helpers/failfs.py, the FUSE server that fails I/O on command.
+TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3 python3
 UNIT := $(wildcard test/unit/*.test.ts)
 COMMANDS := $(wildcard test/commands/*.test.ts)
 E2E := $(wildcard test/e2e/*.test.ts)
