@@ -146,7 +146,8 @@ export class Checker {
 
   async run(): Promise<CheckOutcome> {
     this.runs += 1;
-    const {result, ms} = await this.flight.run(() => this.runner(this.spec.argv, {timeoutMs: this.timeoutMs, maxOutputBytes: CHECK_OUTPUT_MAX, env: this.env}));
+    // One byte more than a reason keeps: then foldOutput knows there was more, and says so.
+    const {result, ms} = await this.flight.run(() => this.runner(this.spec.argv, {timeoutMs: this.timeoutMs, maxOutputBytes: CHECK_OUTPUT_MAX + 1, env: this.env}));
     const what = `check \`${this.spec.text}\``;
     if (result.timedOut)
       return {ok: false, ms, code: 'ETIMEDOUT', status: 'timeout', reason: `${what} timed out after ${(this.timeoutMs / 1000).toFixed(1)} s (killed with its process group)`};
