@@ -10,9 +10,9 @@ export class StatusCommand extends EbsmonCommand {
   static override usage = Command.Usage({
     description: 'Show the monitor\'s view: which reporters are healthy, fenced or overridden',
     details: `
-      Reads the snapshot the monitor writes to \`--state-dir\` at least once a second; touches neither the FIFO nor the firewall, so it works as any user who can read the state directory. The headline says whether the monitor itself is alive (its pulse younger than 3 s). A reporter that is not healthy gets a line saying why.
+      Reads the snapshot the monitor writes to \`--state-dir\` at least once a second; touches neither the FIFO nor the firewall, so it works as any user who can read the state directory. The headline says whether the monitor itself is alive (its pulse younger than 3 s).
 
-      \`--history\` adds each reporter's last 20 transitions (time, change, how long the previous state lasted, reason), oldest first: what happened last night after the fence is gone. \`--json\` always includes them (\`history\`), with the devices' last counters and what the reporter said.
+      \`--history\` adds, under each reporter that is not healthy, why (and what the reporter says now), and each reporter's last 20 transitions (time, change, how long the previous state lasted, reason), oldest first: what happened last night after the fence is gone. \`--json\` always includes them (\`history\`), with the devices' last counters and what the reporter said.
 
       Exit code: 0 when the snapshot could be read, 1 when not. With \`--nagios\`: 0 OK, 1 WARNING (a reporter overridden), 2 CRITICAL (a reporter fenced, or the monitor not running), 3 UNKNOWN (no snapshot).
     `,
@@ -66,7 +66,7 @@ export class StatusCommand extends EbsmonCommand {
     }
     const tty = (this.context.stdout as {isTTY?: boolean}).isTTY === true;
     const colors = tty ? ANSI_COLORS : NO_COLORS;
-    this.context.stdout.write(renderTable(view, colors));
+    this.context.stdout.write(renderTable(view, colors, {reasons: this.history}));
     if (this.history)
       this.context.stdout.write(`\n${renderHistory(view, colors)}`);
     return 0;

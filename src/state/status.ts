@@ -53,7 +53,8 @@ function headline(view: StatusView): string {
   return `monitor NOT RUNNING: last pulse ${formatAge(m.pulseAgeSeconds)} (pid ${m.pid}), ${count}${firewall}; ${consequence}`;
 }
 
-export function renderTable(view: StatusView, colors: Colors = NO_COLORS): string {
+/** `reasons`: under each reporter that is not healthy, why (the fence's reason), and what the reporter says now. */
+export function renderTable(view: StatusView, colors: Colors = NO_COLORS, {reasons = false}: {reasons?: boolean} = {}): string {
   const lines = [view.monitor.alive ? headline(view) : colors.red(headline(view))];
   if (!view.monitor.firewallOk)
     lines.push(colors.red('the monitor\'s last firewall update failed; see its log'));
@@ -81,9 +82,9 @@ export function renderTable(view: StatusView, colors: Colors = NO_COLORS): strin
     lines.push(text.replace(state.padEnd(widths[1]!), paint(state, state.padEnd(widths[1]!))));
     // Why it is not healthy, in the monitor's words and (after its last heartbeat) the reporter's.
     const r = view.reporters[i]!;
-    if (r.state !== 'healthy')
+    if (reasons && r.state !== 'healthy')
       lines.push(`  why: ${r.reason}`);
-    if (r.failure !== undefined && !r.reason.includes(r.failure.reason))
+    if (reasons && r.failure !== undefined && !r.reason.includes(r.failure.reason))
       lines.push(`  reporter says (${formatAge(r.failureAgeSeconds ?? null)}): ${r.failure.reason}`);
   });
   return `${lines.join('\n')}\n`;
