@@ -12,7 +12,7 @@ UNIT := $(wildcard test/unit/*.test.ts)
 COMMANDS := $(wildcard test/commands/*.test.ts)
 E2E := $(wildcard test/e2e/*.test.ts)
 
-.PHONY: all build deps system-deps test-deps typecheck lint test test-unit test-e2e bench demo clean
+.PHONY: all build deps system-deps test-deps typecheck lint test test-unit test-e2e bench soak demo clean
 
 all: build
 
@@ -62,6 +62,12 @@ test-unit: build
 
 bench: test-deps build
 	node --import tsx bench/run.ts
+
+# False fences under load (a bench, not CI): reporters at --probe-timeout=0.6
+# against --timeout=2 on a volume fsync writers saturate. SOAK_SECONDS=3600 for
+# the hour the README quotes; also SOAK_WRITERS, SOAK_REPORTERS, SOAK_INTERVAL.
+soak: test-deps build
+	BENCH_ONLY=soak node --import tsx bench/run.ts
 
 demo: system-deps build
 	bash test/demo.sh

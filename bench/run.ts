@@ -14,7 +14,7 @@ import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
 import {freezeThawCycles} from './cycles';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
-import {falseFenceSoak} from './soak';
+import {soak} from './soak';
 import {cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
 
 const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
@@ -251,7 +251,7 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
   await monitor.stop();
 }
 
-/** BENCH_ONLY=cycles,soak runs some steps; by default all of them, in this order. */
+/** BENCH_ONLY=cycles,soak runs some steps; by default all of them, in this order. The soak's settings: see soakOptions (SOAK_SECONDS...). */
 async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebsmon-bench-'));
   const teardown = new Teardown(dir);
@@ -276,7 +276,7 @@ async function main(): Promise<void> {
       ['footprint', () => monitorFootprint(dir, teardown, seconds('BENCH_STEADY_SECONDS', 60))],
       ['latency', () => packetPathLatency(dir, teardown)],
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
-      ['soak', () => falseFenceSoak(dir, teardown, seconds('BENCH_SOAK_SECONDS', 300))],
+      ['soak', () => soak(dir, teardown)],
     ];
     for (const [name, step] of steps) {
       if (only.length === 0 || only.includes(name))

@@ -1,57 +1,122 @@
-// False fences under heavy healthy load: a reporter and monitor with their
-// default settings while load generators write and fsync on the same volume.
+// make soak: false fences under load. Reporters with a tight deadline
+// (--probe-timeout=0.6 against the monitor's --timeout=2) on a volume that
+// fsync writers keep saturated, for SOAK_SECONDS (default 600; the README
+// quotes 3600). Prints fences, failed probes by what the device was doing,
+// probe latency and the device evidence the reporters sent.
 import {spawn} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
 import {readSnapshot} from '../src/state';
+import type {ReporterSnapshot} from '../src/state';
 import {Proc, ebsmon, reporterIn} from '../test/helpers/proc';
 import {LoopVolume, createNetRig, waitFor} from '../test/helpers/rig';
 import type {Teardown} from '../test/helpers/rig';
 
 import {line, results, stat} from './stats';
+import type {Stat} from './stats';
 
-const WRITERS = 2;
+export type SoakOptions = {seconds: number, writers: number, reporters: number, interval: number};
 
-export async function falseFenceSoak(dir: string, teardown: Teardown, seconds: number): Promise<void> {
-  // Direct I/O on the loop device: the load's fsyncs reach this machine's disk.
-  const volume = LoopVolume.create(path.join(dir, 'soak'), teardown, 512, {directIo: true});
-  const watched = path.join(volume.mountpoint, 'data');
-  fs.mkdirSync(watched);
+export function soakOptions(env: NodeJS.ProcessEnv = process.env): SoakOptions {
+  const number = (name: string, fallback: number) => (env[name] === undefined || env[name] === '' ? fallback : Number(env[name]));
+  return {seconds: number('SOAK_SECONDS', 600), writers: number('SOAK_WRITERS', 4), reporters: number('SOAK_REPORTERS', 2), interval: number('SOAK_INTERVAL', 0.5)};
+}
+
+const TIMEOUT = 2;
+const PROBE_TIMEOUT = 0.6;
+const PORT = 7200;
+
+/** The verdict a failing reason names (see verdict() in src/probe/device.ts), or what else failed. */
+function failureKind(message: string): string {
+  const verdict = /; \S+ (busy|idle|answers reads|answers|answered with an error)\b/.exec(message)?.[1] ?? (/requests? in flight, none completed/.test(message) ? 'stuck' : undefined);
+  if (verdict !== undefined)
+    return verdict === 'answers reads' ? 'writes-held' : verdict === 'answers' ? 'answering' : verdict;
+  return /timed out/.test(message) ? 'timeout (no device evidence)' : 'error';
+}
+
+const fmtStat = (s: Stat, unit: string, digits = 1) => {
+  const u = unit === '' || unit === '%' ? unit : ` ${unit}`;
+  return `p50 ${s.median.toFixed(digits)}${u}, p99 ${s.p99!.toFixed(digits)}${u}, max ${s.max.toFixed(digits)}${u}`;
+};
+
+export async function soak(dir: string, teardown: Teardown, options: SoakOptions = soakOptions()): Promise<void> {
+  const {seconds, writers, reporters, interval} = options;
+  // Direct I/O on the loop device: the writers' fsyncs reach this machine's disk, as a database's reach its volume.
+  const volume = LoopVolume.create(path.join(dir, 'soak'), teardown, 1024, {directIo: true});
   const stateDir = path.join(dir, 'soak', 'run');
   const fifo = path.join(stateDir, 'ebsmon.fifo');
   const procs: Array<Proc> = [];
+  const names = Array.from({length: reporters}, (_, i) => `soak${i}`);
   try {
-    // Defaults for both: --timeout=10 --recover=3, --interval=1 --probe-timeout=3.
     // Its firewall changes stay inside a namespace of the bench's own.
     const rig = createNetRig(teardown);
-    const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--log-level=warn', '--protect-ports='], {ns: rig.srv});
+    const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${TIMEOUT}`, '--log-level=warn', '--protect-ports='], {ns: rig.srv});
     procs.push(monitor);
     await waitFor('the monitor', () => readSnapshot(stateDir) !== null);
-    const reporter = ebsmon(['report', `--monitor=${watched}`, '--ports=7200', `--fifo=${fifo}`, '--log-level=debug']);
-    procs.push(reporter);
-    const record = () => reporterIn(stateDir, 'data');
-    await waitFor('healthy', () => record()?.state === 'healthy');
-    const loads = Array.from({length: WRITERS}, (_, i) => new Proc(spawn(process.execPath, [path.join(__dirname, 'loadgen.mjs'), path.join(watched, `load${i}`)], {stdio: ['ignore', 'pipe', 'pipe']})));
+    const reporterProcs = names.map((name, i) => {
+      const watched = path.join(volume.mountpoint, name);
+      fs.mkdirSync(watched);
+      const proc = ebsmon(['report', `--monitor=${watched}`, `--ports=${PORT + i}`, `--fifo=${fifo}`, `--interval=${interval}`, `--probe-timeout=${PROBE_TIMEOUT}`, '--log-level=debug']);
+      procs.push(proc);
+      return proc;
+    });
+    await waitFor('every reporter healthy', () => names.every(name => reporterIn(stateDir, name)?.state === 'healthy'));
+    const loads = Array.from({length: writers}, (_, i) => new Proc(spawn(process.execPath, [path.join(__dirname, 'loadgen.mjs'), path.join(volume.mountpoint, `load${i}`)], {stdio: ['ignore', 'pipe', 'pipe']})));
     procs.push(...loads);
+    line(`soak: ${seconds} s, ${writers} fsync writers, ${reporters} reporters`, `--interval=${interval} --probe-timeout=${PROBE_TIMEOUT}, monitor --timeout=${TIMEOUT}, direct-I/O loop volume`);
+
     const startedAt = Date.now();
     let notHealthy = 0;
+    const devices: Array<NonNullable<ReporterSnapshot['devices']>[number]> = [];
+    let lastDevicesAt = 0;
+    let nextReport = startedAt + 60_000;
     while (Date.now() - startedAt < seconds * 1000) {
-      if (record()?.state !== 'healthy')
-        notHealthy += 1;
+      const records = names.map(name => reporterIn(stateDir, name));
+      notHealthy += records.filter(r => r?.state !== 'healthy').length;
+      // The evidence the first reporter sent with its last heartbeat (or failing word): one sample a window.
+      const first = records[0];
+      if (first?.devices?.[0] !== undefined && first.devicesAt !== undefined && first.devicesAt !== lastDevicesAt) {
+        lastDevicesAt = first.devicesAt;
+        devices.push(first.devices[0]);
+      }
+      if (Date.now() >= nextReport) {
+        nextReport += 60_000;
+        const fences = records.reduce((n, r) => n + (r?.fenceCount ?? 0), 0);
+        process.stdout.write(`  ${Math.round((Date.now() - startedAt) / 1000)} s: ${fences} fences so far\n`);
+      }
       await new Promise(resolve => setTimeout(resolve, 250));
     }
     for (const load of loads)
       await load.stop(30_000);
     const written = loads.map(l => JSON.parse(l.stdout) as {bytes: number, seconds: number});
     const mbPerSecond = written.reduce((n, w) => n + w.bytes / w.seconds, 0) / 2 ** 20;
-    const fences = record()?.fenceCount ?? NaN;
-    const probeMs = reporter.logs().filter(l => l.message === 'heartbeat sent').map(l => Number(l.probeMs));
-    const failures = reporter.logs().filter(l => /^failing: /.test(String(l.message))).length;
+
+    const records = names.map(name => reporterIn(stateDir, name)!);
+    const fences = records.reduce((n, r) => n + r.fenceCount, 0);
+    const fenceReasons = records.flatMap(r => (r.history ?? []).filter(h => h.state === 'fenced').map(h => `${r.name}: ${h.reason}`));
+    const logs = reporterProcs.flatMap(p => p.logs());
+    const probeMs = logs.filter(l => l.message === 'probe passed').map(l => Number(l.probeMs));
+    const failures = logs.filter(l => /^failing: /.test(String(l.message))).map(l => failureKind(String(l.message)));
+    const byKind = Object.entries(failures.reduce<Record<string, number>>((acc, kind) => ({...acc, [kind]: (acc[kind] ?? 0) + 1}), {}));
     const p = stat(probeMs);
-    line(`false fences, ${seconds} s of ${WRITERS} fsync writers (defaults)`, `${fences} fences, ${failures} failed probes, ${notHealthy} non-healthy samples; load ${mbPerSecond.toFixed(1)} MB/s`);
-    line('  probe latency under that load', `p50 ${p.median.toFixed(1)} ms, p99 ${p.p99!.toFixed(1)} ms, max ${p.max.toFixed(1)} ms (n=${p.n}; --probe-timeout=3 s)`);
-    results.soak = {seconds, writers: WRITERS, loadMBps: mbPerSecond, falseFences: fences, failedProbes: failures, nonHealthySamples: notHealthy, probeMs: p};
+
+    line('  load', `${mbPerSecond.toFixed(1)} MB/s written by ${writers} processes (1 MiB writes, fdatasync after each)`);
+    line('  fences', `${fences}${fenceReasons.length > 0 ? `: ${fenceReasons.join(' | ')}` : ''}`);
+    line('  probes that failed (each starts a failing episode)', `${failures.length}${byKind.length > 0 ? ` (${byKind.map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}; ${notHealthy} non-healthy samples of ${names.length} reporters every 0.25 s`);
+    line('  probe latency', `${fmtStat(p, 'ms')} (n=${p.n}; --probe-timeout=${PROBE_TIMEOUT * 1000} ms)`);
+    const summary: Record<string, unknown> = {};
+    if (devices.length > 0) {
+      const name = devices[0]!.name;
+      const inflight = stat(devices.map(d => d.inflight));
+      const awaits = devices.filter(d => d.awaitMs !== undefined).map(d => d.awaitMs!);
+      const a = stat(awaits.length > 0 ? awaits : [NaN]);
+      const iops = stat(devices.filter(d => d.windowMs > 0).map(d => (d.done * 1000) / d.windowMs));
+      const util = stat(devices.filter(d => d.windowMs > 0).map(d => Math.min(100, (100 * d.busyMs) / d.windowMs)));
+      line(`  device evidence (${name}, from the heartbeats)`, `in flight ${fmtStat(inflight, '', 0)}; await ${fmtStat(a, 'ms')}; ${iops.median.toFixed(0)} I/Os/s median; utilised ${fmtStat(util, '%', 0)} (n=${devices.length} windows)`);
+      Object.assign(summary, {device: name, inflight, awaitMs: a, iops, utilPercent: util});
+    }
+    results.soak = {...options, timeout: TIMEOUT, probeTimeout: PROBE_TIMEOUT, loadMBps: mbPerSecond, fences, fenceReasons, failedProbes: failures.length, failuresByKind: Object.fromEntries(byKind), nonHealthySamples: notHealthy, probeMs: p, ...summary};
   } finally {
     for (const proc of procs.reverse())
       await proc.stop();
