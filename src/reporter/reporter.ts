@@ -8,6 +8,7 @@ import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
 import {Checker, DeviceWatch, PROBE_ENV, Prober, checkMount, chooseMethod, describeMount, logfileWarnings, pinPath, probeFile, readMountTable, resolveDevice} from '../probe';
 import type {CheckOutcome, CheckSpec, DeviceSample, FileEvent, MountEntry, PathPin, ProbeOutcome, Runner} from '../probe';
+import {PROBE_SCRIPT} from '../probe/script';
 import {SpawnHelper} from '../spawn';
 import {FifoWriter} from '../transport';
 import type {SendResult} from '../transport';
@@ -186,14 +187,18 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   const runtime = makeRuntimeDir(options.name);
   if (runtime.warning !== undefined)
     logger.warn(runtime.warning);
-  const helper = SpawnHelper.start(runtime.dir, message => limited.log('error', 'helper', message), {made: true, env: PROBE_ENV});
+  const helperError = (message: string) => limited.log('error', 'helper', message);
+  const helper = SpawnHelper.start(path.join(runtime.dir, 'probes'), helperError, {env: PROBE_ENV});
   const runner: Runner = (argv, runOptions) => helper.run(argv, runOptions);
-  // A check runs with the reporter's own environment (added to the helper's bare one).
-  const checkEnv = Object.fromEntries(Object.entries(process.env).filter((entry): entry is [string, string] => entry[1] !== undefined));
+  const scriptFile = path.join(runtime.dir, 'probe.pl');
+  fs.writeFileSync(scriptFile, PROBE_SCRIPT, {mode: 0o600});
+  // Checks run with the reporter's own environment: a helper of their own starts from it (a request carries no environment).
+  const checkHelper = checks.length === 0 ? null : SpawnHelper.start(path.join(runtime.dir, 'checks'), helperError);
+  const checkRunner: Runner = (argv, runOptions) => checkHelper!.run(argv, runOptions);
 
   const watched: Array<Watched> = pins.map(pin => ({
     pin,
-    prober: new Prober({dir: pin.dir, name: options.name, dev: pin.dev, ino: pin.ino}, 'direct', options.probeTimeout * 1000, runner),
+    prober: new Prober({dir: pin.dir, name: options.name, dev: pin.dev, ino: pin.ino}, 'direct', options.probeTimeout * 1000, runner, scriptFile),
     device: deviceOf(pin),
     startSample: null,
     latest: null,
@@ -201,7 +206,7 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     probes: 0,
     running: null,
   }));
-  const checked: Array<Checked> = checks.map(spec => ({checker: new Checker(spec, options.probeTimeout * 1000, runner, checkEnv), latest: null, provenAt: -Infinity, running: null}));
+  const checked: Array<Checked> = checks.map(spec => ({checker: new Checker(spec, options.probeTimeout * 1000, checkRunner, {}), latest: null, provenAt: -Infinity, running: null}));
   for (const c of checked)
     logger.info(`check: ${c.checker.spec.text} (${c.checker.spec.argv[0]}, no shell, every interval, killed with its process group after ${options.probeTimeout} s)`, {check: c.checker.spec.text});
 
@@ -515,8 +520,10 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     logger.warn('stopping while failing: no goodbye, so a fence stays in place', {name: options.name, reason: health.reason});
   }
   writer.close();
-  // Ends the helper; its exit kills any check still running. A probe stuck in the kernel stays until its I/O ends.
+  // Ends the helpers; their exit kills any check still running. A probe stuck in the kernel stays until its I/O ends.
   helper.close();
+  checkHelper?.close();
+  fs.rmSync(runtime.dir, {recursive: true, force: true});
   for (const watch of devices.values())
     watch.close();
 }
