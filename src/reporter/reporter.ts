@@ -148,6 +148,15 @@ function worstStats(device: string, name: string): DeviceStats {
   return {device, name, inflight: 2 ** 31, ios: Number.MAX_SAFE_INTEGER, windowMs: 86_400_000.25, done: 2 ** 40, busyMs: 86_400_000.25, awaitMs: 1e9 + 0.25, quietMs: 1e12 + 0.25};
 }
 
+/** procfs: the kernel's name of a process's program, set when its exec succeeds; null once it is gone. */
+function commOf(pid: number): string | null {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
 function clipEnd(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, Math.max(1, max - 1))}\u2026`;
 }
@@ -344,6 +353,10 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   /** A failing probe in words, with what its device did from the probe's start until now. */
   const findingOf = (w: Watched): Finding => {
     const outcome = w.latest as ProbeOutcome & {ok: false};
+    // Still not perl: its exec is stuck, on the disk that holds perl (the root disk, on AWS), not on the watched one.
+    const comm = outcome.code === 'ETIMEDOUT' && w.prober.busyPid !== undefined ? commOf(w.prober.busyPid) : null;
+    if (comm !== null && comm !== 'perl')
+      return describeProbe(w.pin.path, {...outcome, code: 'ENOSTART', reason: `${outcome.reason} before perl started (its exec is stuck: does the disk holding perl, often the root disk, answer?)`}, null);
     let window: DeviceWindow | null = null;
     if (w.device !== null && w.startSample !== null) {
       const now = w.device.sample();

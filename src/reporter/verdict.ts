@@ -14,7 +14,7 @@ export type DeviceWindow = {name: string, from: DeviceSample, to: DeviceSample, 
 
 export function describeProbe(path: string, outcome: ProbeOutcome & {ok: false}, device: DeviceWindow | null): Finding {
   let head: string;
-  if (outcome.code === 'ETIMEDOUT')
+  if (outcome.code === 'ETIMEDOUT' || outcome.code === 'ENOSTART')
     head = `probe of ${path} ${outcome.reason}`;
   else if (MOUNT_PROBLEMS.has(outcome.code))
     head = `probe of ${path}: ${outcome.reason}`;

@@ -11,11 +11,11 @@ import {FailingDisk} from '../helpers/failing';
 import {HungDisk} from '../helpers/hang';
 import {logged} from '../helpers/listen';
 import {promtoolProblems, sampleOf} from '../helpers/metrics';
-import {HELPER, Proc, ebsmon, reporterIn, tcpTry} from '../helpers/proc';
+import {HELPER, Proc, ebsmon, reporterIn, scrubbedEnv, tcpTry} from '../helpers/proc';
 import {LoopVolume, Teardown, createNetRig, descendants, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 
-const PORTS = {frozen: 7301, hung: 7302, readonly: 7303, full: 7304, eio: 7305, unmounted: 7306} as const;
+const PORTS = {frozen: 7301, hung: 7302, readonly: 7303, full: 7304, eio: 7305, unmounted: 7306, programs: 7307} as const;
 type Kind = keyof typeof PORTS;
 
 /**
@@ -199,6 +199,51 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     }, () => {
       sh(['mount', vol.device, vol.mountpoint]);
     }, new RegExp(`^no heartbeat for \\d+\\.\\d s: probe of ${data}: mount gone: ${vol.device} \\(${devices}\\) is no longer mounted at ${vol.mountpoint}; it is now on \\S+ \\(\\w+\\) mounted at /`));
+  });
+
+  it('the disk holding perl hangs (on AWS, the root disk): the reporter\'s loop goes on, it says the probe never started, it stops on SIGTERM; a new reporter lifts the fence once the disk answers', async (t: TestContext) => {
+    requireRoot(t);
+    const {data} = volume('programs');
+    // perl for the probes comes from a disk that will stop answering, first in the reporter's PATH.
+    const disk = await HungDisk.create(dir, teardown, 64);
+    undo.push(() => disk.resume());
+    const bin = path.join(disk.mountpoint, 'bin');
+    fs.mkdirSync(bin);
+    fs.copyFileSync('/usr/bin/perl', path.join(bin, 'perl'));
+    fs.chmodSync(path.join(bin, 'perl'), 0o755);
+    const name = 'fail-programs';
+    const port = PORTS.programs;
+    const args = ['report', `--monitor=${data}`, `--name=${name}`, `--ports=${port}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.6', '--log-level=debug'];
+    const reporter = ebsmon(args, {env: scrubbedEnv({PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`})});
+    procs.push(reporter);
+    await waitFor(`${name} healthy`, () => record(name)?.state === 'healthy');
+    assert.equal(await tcpTry(rig.cli, rig.srvV4, port), 'ok');
+    disk.hang();
+    try {
+      const fenced = await waitFor(`${name} fenced`, () => {
+        const r = record(name);
+        return r?.state === 'fenced' ? r : undefined;
+      });
+      t.diagnostic(`fence reason: ${fenced.reason}`);
+      assert.match(fenced.reason, new RegExp(`^no heartbeat for \\d+\\.\\d s: probe of ${data} timed out after 0\\.6 s before perl started \\(its exec is stuck: does the disk holding perl, often the root disk, answer\\?\\)$`));
+      assert.equal(await tcpTry(rig.cli, rig.srvV4, port), 'refused');
+      // Its loop runs: a failing word every interval reaches the monitor, a tick is logged each interval.
+      const word = record(name)!.failure!.at;
+      const ticks = reporter.logs().length;
+      await waitFor('newer failing words', () => (record(name)?.failure?.at ?? 0) > word + 1000);
+      await waitFor('more ticks logged', () => reporter.logs().length > ticks + 5);
+      const started = Date.now();
+      reporter.kill('SIGTERM');
+      await Promise.race([reporter.exited, new Promise(resolve => setTimeout(resolve, 2000))]);
+      assert.equal(reporter.running, false, `exited within 2 s of SIGTERM (took ${Date.now() - started} ms)`);
+      assert.equal(reporter.exitCode, 0);
+    } finally {
+      disk.resume();
+    }
+    const again = ebsmon(args, {env: scrubbedEnv({PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`})});
+    procs.push(again);
+    await waitFor(`${name} healthy again`, () => record(name)?.state === 'healthy');
+    assert.equal(await tcpTry(rig.cli, rig.srvV4, port), 'ok');
   });
 
   it('metrics.prom has each device\'s counters and the fence-duration histograms, and promtool finds nothing wrong', async (t: TestContext) => {

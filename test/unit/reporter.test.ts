@@ -45,6 +45,7 @@ describe('a failing probe or check in words (the reason the monitor and the log 
     assert.equal(composeReason([describeProbe('/data', fail('ENOSPC', 'write: ENOSPC: no space left on device'), stuck)]), 'probe of /data failed: write: ENOSPC: no space left on device (the volume is full and the probe file has no block of its own yet; free some space)');
     assert.equal(composeReason([describeProbe('/data', fail('EMOUNTGONE', 'mount gone: /dev/x (7:1) is no longer mounted at /data; ...'), stuck)]), 'probe of /data: mount gone: /dev/x (7:1) is no longer mounted at /data; ...');
     assert.equal(composeReason([describeProbe('/data', fail('ETIMEDOUT', 'timed out after 3.0 s'), null)]), 'probe of /data timed out after 3.0 s');
+    assert.equal(composeReason([describeProbe('/data', fail('ENOSTART', 'timed out after 3.0 s before perl started (its exec is stuck)'), null)]), 'probe of /data timed out after 3.0 s before perl started (its exec is stuck)');
   });
 
   it('several findings in one reason, a check\'s keyed by what happened, not by its output', () => {
