@@ -205,7 +205,8 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     requireRoot(t);
     const {data} = volume('programs');
     // perl for the probes comes from a disk that will stop answering, first in the reporter's PATH.
-    const disk = await HungDisk.create(dir, teardown, 64);
+    // A directory of its own: the read+write hang test has its HungDisk at the fixed names in `dir`.
+    const disk = await HungDisk.create(path.join(dir, 'programs-disk'), teardown, 64);
     undo.push(() => disk.resume());
     const bin = path.join(disk.mountpoint, 'bin');
     fs.mkdirSync(bin);
