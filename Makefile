@@ -66,7 +66,8 @@ bench: test-deps build
 # False fences under load (a bench, not CI): reporters at --probe-timeout=0.6
 # against --timeout=2 on a volume (capped as an EBS gp3 volume is) that fsync
 # writers saturate. SOAK_SECONDS=3600 for the hour the README quotes; also
-# SOAK_WRITERS, SOAK_CHECKPOINTERS, SOAK_REPORTERS, SOAK_INTERVAL, SOAK_LIMIT.
+# SOAK_WRITERS, SOAK_CHECKPOINTERS, SOAK_REPORTERS, SOAK_INTERVAL, SOAK_TIMEOUT,
+# SOAK_PROBE_TIMEOUT, SOAK_LIMIT (gp3, none, or IOPS:BYTES_PER_SECOND).
 soak: test-deps build
 	BENCH_ONLY=soak node --import tsx bench/run.ts
 

@@ -1,5 +1,5 @@
 // make soak: false fences under load. Reporters with a tight deadline
-// (--probe-timeout=0.6 against the monitor's --timeout=2) on a volume that
+// (--probe-timeout=0.6 against the monitor's --timeout=2; SOAK_PROBE_TIMEOUT and SOAK_TIMEOUT) on a volume that
 // fsync writers keep saturated, for SOAK_SECONDS (default 600; the README
 // quotes 3600). Prints fences, failing episodes by what the device was doing,
 // probe latency and the device evidence the reporters sent. The volume has
@@ -28,6 +28,9 @@ export type SoakOptions = {
   burstMiB: number;
   reporters: number;
   interval: number;
+  /** the monitor's --timeout and the reporters' --probe-timeout: 2 and 0.6 (the issue's), SOAK_TIMEOUT=10 SOAK_PROBE_TIMEOUT=3 for the defaults */
+  timeout: number;
+  probeTimeout: number;
   limit: {iops: number, bps: number} | null;
 };
 
@@ -40,7 +43,7 @@ export function soakOptions(env: NodeJS.ProcessEnv = process.env): SoakOptions {
   const custom = /^(\d+):(\d+)$/.exec(limitText);
   const limit = limitText === 'none' ? null : custom === null ? GP3 : {iops: Number(custom[1]), bps: Number(custom[2])};
   return {seconds: number('SOAK_SECONDS', 600), writers: number('SOAK_WRITERS', 4), checkpointers: number('SOAK_CHECKPOINTERS', 0), burstMiB: number('SOAK_BURST_MIB', 256),
-    reporters: number('SOAK_REPORTERS', 2), interval: number('SOAK_INTERVAL', 0.5), limit};
+    reporters: number('SOAK_REPORTERS', 2), interval: number('SOAK_INTERVAL', 0.5), timeout: number('SOAK_TIMEOUT', 2), probeTimeout: number('SOAK_PROBE_TIMEOUT', 0.6), limit};
 }
 
 /**
@@ -62,8 +65,6 @@ function limitDevice(device: string, limit: {iops: number, bps: number}, teardow
   return numbers;
 }
 
-const TIMEOUT = 2;
-const PROBE_TIMEOUT = 0.6;
 const PORT = 7200;
 
 /** The verdict a failing reason names (see verdict() in src/probe/device.ts), or what else failed. */
@@ -80,7 +81,7 @@ const fmtStat = (s: Stat, unit: string, digits = 1) => {
 };
 
 export async function soak(dir: string, teardown: Teardown, options: SoakOptions = soakOptions()): Promise<void> {
-  const {seconds, writers, checkpointers, burstMiB, reporters, interval} = options;
+  const {seconds, writers, checkpointers, burstMiB, reporters, interval, timeout, probeTimeout} = options;
   // The watched volume is a loop device (direct I/O: every write and flush goes down) whose backing file lives on a
   // second loop device with the ceiling. Bios wait at the throttle below the volume, so the wait shows as the volume's
   // own requests in flight and its await, as it does on a capped EBS volume; a throttle on the volume itself would
@@ -96,13 +97,13 @@ export async function soak(dir: string, teardown: Teardown, options: SoakOptions
   try {
     // Its firewall changes stay inside a namespace of the bench's own.
     const rig = createNetRig(teardown);
-    const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${TIMEOUT}`, '--log-level=warn', '--protect-ports='], {ns: rig.srv});
+    const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${timeout}`, '--log-level=warn', '--protect-ports='], {ns: rig.srv});
     procs.push(monitor);
     await waitFor('the monitor', () => readSnapshot(stateDir) !== null);
     const reporterProcs = names.map((name, i) => {
       const watched = path.join(volume.mountpoint, name);
       fs.mkdirSync(watched);
-      const proc = ebsmon(['report', `--monitor=${watched}`, `--ports=${PORT + i}`, `--fifo=${fifo}`, `--interval=${interval}`, `--probe-timeout=${PROBE_TIMEOUT}`, '--log-level=debug']);
+      const proc = ebsmon(['report', `--monitor=${watched}`, `--ports=${PORT + i}`, `--fifo=${fifo}`, `--interval=${interval}`, `--probe-timeout=${probeTimeout}`, '--log-level=debug']);
       procs.push(proc);
       return proc;
     });
@@ -110,7 +111,7 @@ export async function soak(dir: string, teardown: Teardown, options: SoakOptions
     const load = (file: string, args: Array<string>) => new Proc(spawn(process.execPath, [path.join(__dirname, 'loadgen.mjs'), path.join(volume.mountpoint, file), ...args], {stdio: ['ignore', 'pipe', 'pipe']}));
     const loads = [...Array.from({length: writers}, (_, i) => load(`log${i}`, [])), ...Array.from({length: checkpointers}, (_, i) => load(`checkpoint${i}`, [String(burstMiB)]))];
     procs.push(...loads);
-    line(`soak: ${seconds} s, ${writers} + ${checkpointers} fsync writers, ${reporters} reporters`, `--interval=${interval} --probe-timeout=${PROBE_TIMEOUT}, monitor --timeout=${TIMEOUT}; a direct-I/O loop volume with ${ceiling}`);
+    line(`soak: ${seconds} s, ${writers} + ${checkpointers} fsync writers, ${reporters} reporters`, `--interval=${interval} --probe-timeout=${probeTimeout}, monitor --timeout=${timeout}; a direct-I/O loop volume with ${ceiling}`);
 
     const startedAt = Date.now();
     let notHealthy = 0;
@@ -150,7 +151,7 @@ export async function soak(dir: string, teardown: Teardown, options: SoakOptions
     line('  load', `${mbPerSecond.toFixed(1)} MB/s written: ${writers} writers of 1 MiB + fdatasync, ${checkpointers} of ${burstMiB} MiB bursts + fdatasync`);
     line('  fences', `${fences}${fenceReasons.length > 0 ? `: ${fenceReasons.join(' | ')}` : ''}`);
     line('  failing episodes (by what the device was doing)', `${failures.length}${byKind.length > 0 ? ` (${byKind.map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}; ${notHealthy} non-healthy samples of ${names.length} reporters every 0.25 s`);
-    line('  probe latency (probes that passed)', `${fmtStat(p, 'ms')} (n=${p.n}; --probe-timeout=${PROBE_TIMEOUT * 1000} ms)`);
+    line('  probe latency (probes that passed)', `${fmtStat(p, 'ms')} (n=${p.n}; --probe-timeout=${probeTimeout * 1000} ms)`);
     const summary: Record<string, unknown> = {};
     if (devices.length > 0) {
       const name = devices[0]!.name;
@@ -162,7 +163,7 @@ export async function soak(dir: string, teardown: Teardown, options: SoakOptions
       line(`  device evidence (${name}, from the heartbeats)`, `in flight ${fmtStat(inflight, '', 0)}; await ${fmtStat(a, 'ms')}; ${iops.median.toFixed(0)} I/Os/s median; utilised ${fmtStat(util, '%', 0)} (n=${devices.length} windows)`);
       Object.assign(summary, {device: name, inflight, awaitMs: a, iops, utilPercent: util});
     }
-    results.soak = {...options, ceiling, timeout: TIMEOUT, probeTimeout: PROBE_TIMEOUT, loadMBps: mbPerSecond, fences, fenceReasons, failedProbes: failures.length, failuresByKind: Object.fromEntries(byKind), nonHealthySamples: notHealthy, probeMs: p, ...summary};
+    results.soak = {...options, ceiling, loadMBps: mbPerSecond, fences, fenceReasons, failedProbes: failures.length, failuresByKind: Object.fromEntries(byKind), nonHealthySamples: notHealthy, probeMs: p, ...summary};
   } finally {
     for (const proc of procs.reverse())
       await proc.stop();

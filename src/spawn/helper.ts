@@ -142,16 +142,13 @@ export class SpawnHelper {
 
   /**
    * Start-up only: the helper itself is the one exec the loop waits for.
-   * `dir` is a private directory on tmpfs for the children's files; with
-   * `made`, the caller created it (mkdtemp in a shared directory such as
-   * /dev/shm, where removing and re-creating a name could be raced).
+   * `dir` is a private directory on tmpfs for the children's files (in a
+   * directory only this user can write: it is removed and made again).
    * `env`: the environment every child starts from (default: this process's).
    */
-  static start(dir: string, onError: (message: string) => void = () => {}, {made = false, env = process.env}: {made?: boolean, env?: NodeJS.ProcessEnv} = {}): SpawnHelper {
-    if (!made) {
-      fs.rmSync(dir, {recursive: true, force: true});
-      fs.mkdirSync(dir, {recursive: true, mode: 0o700});
-    }
+  static start(dir: string, onError: (message: string) => void = () => {}, {env = process.env}: {env?: NodeJS.ProcessEnv} = {}): SpawnHelper {
+    fs.rmSync(dir, {recursive: true, force: true});
+    fs.mkdirSync(dir, {recursive: true, mode: 0o700});
     const helper = new SpawnHelper(dir, onError, env);
     helper.launch();
     return helper;

@@ -1,53 +1,38 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import {after, before, describe, it} from 'node:test';
+import {before, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
-import {dir as tmpDir} from 'tmp-promise';
 
 import type {Failing} from '../../src/heartbeat';
 import {HungDisk} from '../helpers/hang';
 import {countLogged, listen, logged} from '../helpers/listen';
 import {ebsmon, ebsmonOnce} from '../helpers/proc';
 import type {Proc} from '../helpers/proc';
-import {Teardown, descendants, isRoot, processState, requireRoot, waitFor} from '../helpers/rig';
+import {descendants, isRoot, processState, requireRoot, waitFor} from '../helpers/rig';
+import {useScratch} from '../helpers/suite';
 
 /** Issue 16: --check, the service answers and not only its disk. */
 describe('ebsmon report --check', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
-  let dir: string;
-  let cleanupDir: () => Promise<void>;
-  let teardown: Teardown;
+  const suite = useScratch();
   let data: string;
-  const procs: Array<Proc> = [];
-  const undo: Array<() => void> = [];
 
-  before(async () => {
-    ({path: dir, cleanup: cleanupDir} = await tmpDir({unsafeCleanup: true}));
-    teardown = new Teardown(dir);
-    data = path.join(dir, 'data');
+  before(() => {
+    data = path.join(suite.dir, 'data');
     fs.mkdirSync(data);
   });
 
-  after(async () => {
-    for (const step of undo.reverse())
-      step();
-    for (const proc of procs)
-      await proc.stop();
-    teardown?.dispose();
-    await cleanupDir?.();
-  });
-
   const script = (name: string, body: string) => {
-    const file = path.join(dir, name);
+    const file = path.join(suite.dir, name);
     fs.writeFileSync(file, `#!/bin/sh\n${body}\n`, {mode: 0o755});
     return file;
   };
   /** A reporter with checks, heartbeating into a FIFO the test reads; stopped whatever the body does. */
   const withReporter = async (tag: string, checks: Array<string>, body: (reporter: Proc, monitor: ReturnType<typeof listen>) => Promise<void>, probeTimeout = 0.6) => {
-    const fifo = path.join(dir, `${tag}.fifo`);
+    const fifo = path.join(suite.dir, `${tag}.fifo`);
     const monitor = listen(fifo);
     const reporter = ebsmon(['report', `--monitor=${data}`, `--name=${tag}`, '--ports=3306', `--fifo=${fifo}`, '--interval=0.2', `--probe-timeout=${probeTimeout}`, '--log-level=debug', ...checks.map(c => `--check=${c}`)]);
-    procs.push(reporter);
+    suite.track(reporter);
     try {
       await body(reporter, monitor);
     } finally {
@@ -60,7 +45,7 @@ describe('ebsmon report --check', {skip: !isRoot && (process.env.CI ?? '') === '
 
   it('a check that exits 1 holds the heartbeats back, its output is the reason; exit 0 again resumes them', async (t: TestContext) => {
     requireRoot(t);
-    const flag = path.join(dir, 'down');
+    const flag = path.join(suite.dir, 'down');
     const check = script('ping.sh', 'if [ -e "$1" ]; then echo "service says: down ($(cat "$1"))"; exit 1; fi\necho alive');
     await withReporter('ping', [`${check} ${flag}`], async (reporter, monitor) => {
       await waitFor('heartbeats', () => monitor.beats().length >= 3);
@@ -80,8 +65,8 @@ describe('ebsmon report --check', {skip: !isRoot && (process.env.CI ?? '') === '
 
   it('a check that hangs is killed with its process group at the deadline, and never stacked', async (t: TestContext) => {
     requireRoot(t);
-    const runs = path.join(dir, 'hang-runs');
-    const children = path.join(dir, 'hang-children');
+    const runs = path.join(suite.dir, 'hang-runs');
+    const children = path.join(suite.dir, 'hang-children');
     const check = script('hang.sh', `echo $$ >> ${runs}\nsleep 100 &\necho $! >> ${children}\nwait`);
     await withReporter('hang', [check], async (_reporter, monitor) => {
       const pids = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map(Number) : []);
@@ -99,8 +84,8 @@ describe('ebsmon report --check', {skip: !isRoot && (process.env.CI ?? '') === '
 
   it('a check stuck in the kernel (D state, deaf to SIGKILL) is not started again until it is gone', async (t: TestContext) => {
     requireRoot(t);
-    const disk = await HungDisk.create(dir, teardown, 32);
-    undo.push(() => disk.resume());
+    const disk = await HungDisk.create(suite.dir, suite.teardown, 32);
+    suite.first(() => disk.resume());
     const file = path.join(disk.mountpoint, 'status');
     fs.writeFileSync(file, 'ok\n'.repeat(10_000));
     const readers = (reporter: Proc) => descendants(reporter.pid).filter(pid => {
@@ -133,7 +118,7 @@ describe('ebsmon report --check', {skip: !isRoot && (process.env.CI ?? '') === '
 
   it('a check that prints 1 MB: exit 0 is healthy; on exit 1 the reason carries 4 KiB of it, and the word to the monitor fits one FIFO write', async (t: TestContext) => {
     requireRoot(t);
-    const flag = path.join(dir, 'loud-down');
+    const flag = path.join(suite.dir, 'loud-down');
     const check = script('loud.sh', `head -c 1048576 /dev/zero | tr '\\0' x\n[ -e ${flag} ] && exit 1\nexit 0`);
     await withReporter('loud', [check], async (reporter, monitor) => {
       await waitFor('heartbeats despite the output', () => monitor.beats().length >= 3);
@@ -152,16 +137,16 @@ describe('ebsmon report --check', {skip: !isRoot && (process.env.CI ?? '') === '
   });
 
   it('a check that is not executable, or not found, is refused at start (exit 2) before any probe', async () => {
-    const data = path.join(dir, 'untouched');
-    fs.mkdirSync(data);
-    const plain = path.join(dir, 'plain.sh');
+    const untouched = path.join(suite.dir, 'untouched');
+    fs.mkdirSync(untouched);
+    const plain = path.join(suite.dir, 'plain.sh');
     fs.writeFileSync(plain, '#!/bin/sh\nexit 0\n', {mode: 0o644});
-    const refused = await ebsmonOnce(['report', `--monitor=${data}`, '--ports=3306', `--fifo=${dir}/none.fifo`, `--check=${plain} --flag`]);
+    const refused = await ebsmonOnce(['report', `--monitor=${untouched}`, '--ports=3306', `--fifo=${suite.dir}/none.fifo`, `--check=${plain} --flag`]);
     assert.equal(refused.code, 2);
     assert.match(refused.stderr, new RegExp(`^Usage Error: --check=${plain} --flag: ${plain} is not executable\\n`));
-    const missing = await ebsmonOnce(['report', `--monitor=${data}`, '--ports=3306', `--fifo=${dir}/none.fifo`, '--check=ebsmon-no-such-check ping']);
+    const missing = await ebsmonOnce(['report', `--monitor=${untouched}`, '--ports=3306', `--fifo=${suite.dir}/none.fifo`, '--check=ebsmon-no-such-check ping']);
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /--check=ebsmon-no-such-check ping: ebsmon-no-such-check is not an executable in PATH/);
-    assert.deepEqual(fs.readdirSync(data), [], 'nothing probed');
+    assert.deepEqual(fs.readdirSync(untouched), [], 'nothing probed');
   });
 });

@@ -2,9 +2,8 @@ import assert from 'node:assert/strict';
 import {spawn} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import {after, before, describe, it} from 'node:test';
+import {before, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
-import {dir as tmpDir} from 'tmp-promise';
 
 import type {ReporterSnapshot} from '../../src/state';
 import {FailingDisk} from '../helpers/failing';
@@ -12,8 +11,9 @@ import {HungDisk} from '../helpers/hang';
 import {logged} from '../helpers/listen';
 import {promtoolProblems, sampleOf} from '../helpers/metrics';
 import {HELPER, Proc, ebsmon, reporterIn, scrubbedEnv, tcpTry} from '../helpers/proc';
-import {LoopVolume, Teardown, createNetRig, descendants, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
+import {LoopVolume, createNetRig, descendants, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
+import {useScratch} from '../helpers/suite';
 
 const PORTS = {frozen: 7301, hung: 7302, readonly: 7303, full: 7304, eio: 7305, unmounted: 7306, programs: 7307} as const;
 type Kind = keyof typeof PORTS;
@@ -26,38 +26,23 @@ type Kind = keyof typeof PORTS;
  * client in the other namespace is refused while fenced and answered after.
  */
 describe('every kind of failure: fenced, with the reason an operator reads, and lifted', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
-  let dir: string;
-  let cleanupDir: () => Promise<void>;
-  let teardown: Teardown;
+  const suite = useScratch();
   let rig: NetRig;
   let stateDir: string;
   let fifo: string;
-  const procs: Array<Proc> = [];
-  const undo: Array<() => void> = [];
 
   before(async () => {
-    ({path: dir, cleanup: cleanupDir} = await tmpDir({unsafeCleanup: true}));
-    teardown = new Teardown(dir);
     if (!isRoot)
       return;
-    rig = createNetRig(teardown);
+    rig = createNetRig(suite.teardown);
     const server = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), ...Object.values(PORTS).map(String)], {stdio: ['ignore', 'pipe', 'pipe']}));
-    procs.push(server);
+    suite.track(server);
     await waitFor('the server', () => server.stdout.includes('listening'));
-    stateDir = path.join(dir, 'run');
+    stateDir = path.join(suite.dir, 'run');
     fifo = path.join(stateDir, 'ebsmon.fifo');
     const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=2', '--recover=2', '--protect-ports='], {ns: rig.srv});
-    procs.push(monitor);
+    suite.track(monitor);
     await waitFor('the monitor', () => logged(monitor, /^monitor running$/));
-  });
-
-  after(async () => {
-    for (const step of undo.reverse())
-      step();
-    for (const proc of procs.reverse())
-      await proc.stop();
-    teardown?.dispose();
-    await cleanupDir?.();
   });
 
   const record = (name: string): ReporterSnapshot | undefined => reporterIn(stateDir, name);
@@ -72,7 +57,7 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     const name = `fail-${kind}`;
     const port = PORTS[kind];
     const reporter = ebsmon(['report', `--monitor=${watched}`, `--name=${name}`, `--ports=${port}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.6', '--log-level=debug']);
-    procs.push(reporter);
+    suite.track(reporter);
     await waitFor(`${name} healthy`, () => record(name)?.state === 'healthy');
     assert.equal(await tcpTry(rig.cli, rig.srvV4, port), 'ok');
     let fenced: ReporterSnapshot;
@@ -102,8 +87,8 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
   };
 
   const volume = (name: string) => {
-    const vol = LoopVolume.create(dir, teardown, 32, {name});
-    undo.push(() => vol.thaw());
+    const vol = LoopVolume.create(suite.dir, suite.teardown, 32, {name});
+    suite.first(() => vol.thaw());
     const data = path.join(vol.mountpoint, 'db');
     fs.mkdirSync(data);
     return {vol, data};
@@ -120,8 +105,8 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
 
   it('reads and writes hang below the filesystem (the FUSE daemon under the loop device stopped, page cache dropped): "requests in flight, none completed"', async (t: TestContext) => {
     requireRoot(t);
-    const disk = await HungDisk.create(dir, teardown, 64);
-    undo.push(() => disk.resume());
+    const disk = await HungDisk.create(suite.dir, suite.teardown, 64);
+    suite.first(() => disk.resume());
     const data = path.join(disk.mountpoint, 'db');
     fs.mkdirSync(data);
     const loop = deviceName(disk.device);
@@ -132,7 +117,7 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
   it('read-only remount: "open: EROFS"', async (t: TestContext) => {
     requireRoot(t);
     const {vol, data} = volume('readonly');
-    undo.push(() => sh(['mount', '-o', 'remount,rw', vol.mountpoint], {allowFail: true}));
+    suite.first(() => sh(['mount', '-o', 'remount,rw', vol.mountpoint], {allowFail: true}));
     // A probe holding its file open for writing at that instant makes the remount EBUSY: try again.
     const remount = (mode: 'ro' | 'rw') => waitFor(`remount ${mode}`, () => sh(['mount', '-o', `remount,${mode}`, vol.mountpoint], {allowFail: true}) !== null && fs.readFileSync('/proc/self/mounts', 'utf8').includes(` ${vol.mountpoint} ext4 ${mode},`));
     await scenario(t, 'readonly', data, async () => {
@@ -154,7 +139,7 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     const free = () => {
       sh(['bash', '-c', 'rm -f "$1"/fill* && sync', 'free', vol.mountpoint]);
     };
-    undo.push(() => sh(['bash', '-c', 'rm -f "$1"/fill*', 'free', vol.mountpoint], {allowFail: true}));
+    suite.first(() => sh(['bash', '-c', 'rm -f "$1"/fill*', 'free', vol.mountpoint], {allowFail: true}));
     await scenario(t, 'full', data, async reporter => {
       // As root, into the blocks ext4 reserves for root too: nothing is left for the probe either.
       fill('fill1');
@@ -181,8 +166,8 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
 
   it('an I/O error from the device (a FUSE layer under the loop device failing every request): "EIO", and what the device completed', async (t: TestContext) => {
     requireRoot(t);
-    const disk = await FailingDisk.create(dir, teardown);
-    undo.push(() => disk.heal());
+    const disk = await FailingDisk.create(suite.dir, suite.teardown);
+    suite.first(() => disk.heal());
     const data = path.join(disk.mountpoint, 'db');
     fs.mkdirSync(data);
     const loop = deviceName(disk.device);
@@ -206,8 +191,8 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     const {data} = volume('programs');
     // perl for the probes comes from a disk that will stop answering, first in the reporter's PATH.
     // A directory of its own: the read+write hang test has its HungDisk at the fixed names in `dir`.
-    const disk = await HungDisk.create(path.join(dir, 'programs-disk'), teardown, 64);
-    undo.push(() => disk.resume());
+    const disk = await HungDisk.create(path.join(suite.dir, 'programs-disk'), suite.teardown, 64);
+    suite.first(() => disk.resume());
     const bin = path.join(disk.mountpoint, 'bin');
     fs.mkdirSync(bin);
     fs.copyFileSync('/usr/bin/perl', path.join(bin, 'perl'));
@@ -216,7 +201,7 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     const port = PORTS.programs;
     const args = ['report', `--monitor=${data}`, `--name=${name}`, `--ports=${port}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.6', '--log-level=debug'];
     const reporter = ebsmon(args, {env: scrubbedEnv({PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`})});
-    procs.push(reporter);
+    suite.track(reporter);
     await waitFor(`${name} healthy`, () => record(name)?.state === 'healthy');
     assert.equal(await tcpTry(rig.cli, rig.srvV4, port), 'ok');
     disk.hang();
@@ -242,7 +227,7 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
       disk.resume();
     }
     const again = ebsmon(args, {env: scrubbedEnv({PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`})});
-    procs.push(again);
+    suite.track(again);
     await waitFor(`${name} healthy again`, () => record(name)?.state === 'healthy');
     assert.equal(await tcpTry(rig.cli, rig.srvV4, port), 'ok');
   });
