@@ -5,13 +5,14 @@ NODE_TEST := node --import tsx --test --test-reporter=spec
 # perl-base runs the probe child (Essential on Debian, listed so it is never assumed).
 SYSTEM_TOOLS := nftables iptables iproute2 util-linux e2fsprogs coreutils procps systemd perl-base
 # For the tests and the bench only: promtool (package prometheus) checks
-# metrics.prom; the MariaDB end-to-end test starts its own mariadbd.
-TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3
+# metrics.prom; the MariaDB end-to-end test starts its own mariadbd; python3
+# runs test/helpers/failfs.py, the FUSE server that fails I/O on command.
+TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3 python3
 UNIT := $(wildcard test/unit/*.test.ts)
 COMMANDS := $(wildcard test/commands/*.test.ts)
 E2E := $(wildcard test/e2e/*.test.ts)
 
-.PHONY: all build deps system-deps test-deps typecheck lint test test-unit test-e2e bench demo clean
+.PHONY: all build deps system-deps test-deps typecheck lint test test-unit test-e2e bench soak demo clean
 
 all: build
 
@@ -61,6 +62,14 @@ test-unit: build
 
 bench: test-deps build
 	node --import tsx bench/run.ts
+
+# False fences under load (a bench, not CI): reporters at --probe-timeout=0.6
+# against --timeout=2 on a volume (capped as an EBS gp3 volume is) that fsync
+# writers saturate. SOAK_SECONDS=3600 for the hour the README quotes; also
+# SOAK_WRITERS, SOAK_CHECKPOINTERS, SOAK_REPORTERS, SOAK_INTERVAL, SOAK_TIMEOUT,
+# SOAK_PROBE_TIMEOUT, SOAK_LIMIT (gp3, none, or IOPS:BYTES_PER_SECOND).
+soak: test-deps build
+	BENCH_ONLY=soak node --import tsx bench/run.ts
 
 demo: system-deps build
 	bash test/demo.sh

@@ -170,7 +170,7 @@ function tmpfs(dir: string, teardown: Teardown): string {
 }
 
 /** CPU ticks of a process and everything below it (nft -i, nft monitor, the helper), reaped children included. */
-function treeTicks(pid: number): number {
+export function treeTicks(pid: number): number {
   return [pid, ...descendants(pid)].reduce((sum, p) => {
     try {
       return sum + cpuTicks(p, {children: true});

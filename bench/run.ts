@@ -6,15 +6,15 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {LineDecoder, encodeMessage} from '../src/heartbeat';
-import {Prober, pinPath, probeArgv, readMountTable} from '../src/probe';
+import {DeviceWatch, Prober, deviceNode, pinPath, probeArgv, readMountTable} from '../src/probe';
 import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
 import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
-import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
+import {LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/helpers/rig';
 
 import {freezeThawCycles} from './cycles';
-import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
+import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency, treeTicks} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
-import {falseFenceSoak} from './soak';
+import {soak} from './soak';
 import {cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
 
 const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
@@ -79,7 +79,7 @@ async function probeCost(volume: LoopVolume): Promise<void> {
 }
 
 /** A reporter heartbeating into a FIFO the bench reads: its memory over time and its CPU, probe children included. */
-async function reporterRun(monitors: Array<string>, dir: string, interval: number, seconds: number, sample: (pid: number) => void = () => {}): Promise<{beats: number, ownTicks: number, allTicks: number}> {
+async function reporterRun(monitors: Array<string>, dir: string, interval: number, seconds: number, sample: (pid: number) => void = () => {}, extra: Array<string> = []): Promise<{beats: number, ownTicks: number, allTicks: number}> {
   const fifo = path.join(dir, `rep-${interval}-${monitors.length}.fifo`);
   ensureFifo(fifo);
   let beats = 0;
@@ -89,17 +89,18 @@ async function reporterRun(monitors: Array<string>, dir: string, interval: numbe
   const reader = openFifoReader(fifo, chunk => decoder.push(chunk));
   for (const monitor of monitors)
     fs.mkdirSync(monitor, {recursive: true});
-  const proc = ebsmon(['report', ...monitors.map(m => `--monitor=${m}`), '--ports=80', `--fifo=${fifo}`, `--interval=${interval}`]);
+  const proc = ebsmon(['report', ...monitors.map(m => `--monitor=${m}`), '--ports=80', `--fifo=${fifo}`, `--interval=${interval}`, ...extra]);
   await waitFor('heartbeats', () => beats > 2);
   const beats0 = beats;
   const own0 = cpuTicks(proc.pid);
-  const all0 = cpuTicks(proc.pid, {children: true});
+  // The probe children are the spawn helper's (a child of the reporter that lives as long as it): the whole tree counts.
+  const all0 = treeTicks(proc.pid);
   const until = Date.now() + seconds * 1000;
   while (Date.now() < until) {
     sample(proc.pid);
     await new Promise(resolve => setTimeout(resolve, 1000));
   }
-  const result = {beats: beats - beats0, ownTicks: cpuTicks(proc.pid) - own0, allTicks: cpuTicks(proc.pid, {children: true}) - all0};
+  const result = {beats: beats - beats0, ownTicks: cpuTicks(proc.pid) - own0, allTicks: treeTicks(proc.pid) - all0};
   await proc.stop();
   reader.close();
   return result;
@@ -197,6 +198,46 @@ async function pathsCost(dir: string, teardown: Teardown): Promise<void> {
   }
 }
 
+/**
+ * Issue 16's costs: a device's sysfs counters read once (what each reporter
+ * does per device per interval), and a reporter with one --check against none
+ * at --interval=0.1 (the check is /bin/true: the cost is starting it), medians
+ * of 5 runs, CPU of the reporter and everything it starts.
+ */
+async function verdictsCost(volume: LoopVolume, dir: string): Promise<void> {
+  const node = deviceNode(sh(['lsblk', '-dno', 'MAJ:MIN', volume.device]).trim());
+  if (node !== null) {
+    const watch = new DeviceWatch(node);
+    const runs: Array<number> = [];
+    for (let run = 0; run < 5; run++) {
+      const cpu0 = process.cpuUsage();
+      for (let i = 0; i < 10_000; i++)
+        watch.tick();
+      const cpu = process.cpuUsage(cpu0);
+      runs.push((cpu.user + cpu.system) / 10_000);
+    }
+    watch.close();
+    const s = stat(runs);
+    line('sysfs counters of one device, read once (stat + inflight)', fmt(s, 'µs CPU', 1));
+    results.sysfsSampleCpuUs = s;
+  }
+  const seconds = Number(process.env.BENCH_CHECK_SECONDS ?? 10);
+  const watched = [path.join(volume.mountpoint, 'bench')];
+  const perInterval = async (extra: Array<string>) => {
+    const runs: Array<number> = [];
+    for (let run = 0; run < 5; run++) {
+      const r = await reporterRun(watched, dir, 0.1, seconds, () => {}, extra);
+      runs.push(r.allTicks * 10 / r.beats);
+    }
+    return stat(runs);
+  };
+  const none = await perInterval([]);
+  const one = await perInterval(['--check=/bin/true']);
+  line('reporter, 1 path: CPU per interval, no --check', fmt(none, 'ms', 2));
+  line('  with --check=/bin/true', `${fmt(one, 'ms', 2)}; the check ${(one.median - none.median).toFixed(2)} ms a run`);
+  results.checkCost = {seconds, interval: 0.1, cpuMsPerIntervalNoCheck: none, cpuMsPerIntervalOneCheck: one};
+}
+
 async function fencing(dir: string, teardown: Teardown): Promise<void> {
   const rig = createNetRig(teardown);
   const fifo = path.join(dir, 'mon', 'ebsmon.fifo');
@@ -251,7 +292,7 @@ async function fencing(dir: string, teardown: Teardown): Promise<void> {
   await monitor.stop();
 }
 
-/** BENCH_ONLY=cycles,soak runs some steps; by default all of them, in this order. */
+/** BENCH_ONLY=cycles,soak runs some steps; by default all of them, in this order. The soak's settings: see soakOptions (SOAK_SECONDS...). */
 async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebsmon-bench-'));
   const teardown = new Teardown(dir);
@@ -278,7 +319,8 @@ async function main(): Promise<void> {
       ['footprint', () => monitorFootprint(dir, teardown, seconds('BENCH_STEADY_SECONDS', 60))],
       ['latency', () => packetPathLatency(dir, teardown)],
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
-      ['soak', () => falseFenceSoak(dir, teardown, seconds('BENCH_SOAK_SECONDS', 300))],
+      ['verdicts', () => verdictsCost(volume, dir)],
+      ['soak', () => soak(dir, teardown)],
     ];
     for (const [name, step] of steps) {
       if (only.length === 0 || only.includes(name))

@@ -2,6 +2,8 @@ import {Command, Option, UsageError} from 'clipanion';
 
 import {runRole} from '../src/daemon';
 import {nameArg, portListArg, secondsArg} from '../src/options';
+import {resolveCheck} from '../src/probe';
+import type {CheckSpec} from '../src/probe';
 import {defaultName, runReporter} from '../src/reporter';
 import {MAX_PATHS, NAME_PATTERN} from '../src/heartbeat';
 import {DEFAULT_FIFO} from '../src/transport';
@@ -19,11 +21,16 @@ export class ReportCommand extends DaemonCommand {
 
       As root in a directory another user owns, the probe never follows a link and writes only to a regular file it created itself (O_NOFOLLOW, O_CREAT|O_EXCL; owner, link count, inode and device checked with fstat on the descriptor it writes through). Anything else at the probe name (symlink, FIFO, hard link, socket, directory) is removed without following it (a directory that is not empty is renamed aside, never entered) and logged as an error; nothing outside the watched directory is touched.
 
+      \`--check=PROGRAM\` (repeatable) adds "the service answers" to "its disks answer": the command line is split into words as a shell would (quotes, backslashes) but run without a shell (nothing expanded), every interval, with the reporter's environment, in a process group of its own, one run at a time; it is killed with its group at \`--probe-timeout\`. Exit 0 is healthy; anything else holds the heartbeat back, and the first 4 KiB of its output go into the reason. A program that is missing or not executable is an error at start (exit 2).
+
+      When a probe times out or gets an I/O error, the reason says what the device was doing, from its own counters in /sys/dev/block (never from the device): "14 requests in flight, none completed for 4.0 s" (stuck), "idle: ... the filesystem is blocking writes above the device (frozen?)", or "busy: ... (saturated, not hung)". The reason goes to the log and, once an interval, to the monitor, which puts it in the fence's reason; heartbeats carry the devices' counters for its metrics.
+
       SIGTERM stops it within 2 s; if the disks were healthy it says goodbye first (the monitor forgets it), otherwise it says nothing and the fence stays.
     `,
     examples: [
       ['Protect MySQL', '$0 report --monitor=/var/lib/mysql --ports=3306'],
       ['MySQL with its binlog on a volume of its own; refuse to start unless both are mounted', '$0 report --monitor=/var/lib/mysql --monitor=/var/lib/mysql-binlog --require-mount --ports=3306'],
+      ['MySQL, and MySQL itself must answer a ping', '$0 report --monitor=/var/lib/mysql --ports=3306 --check="mysqladmin --socket=/run/mysqld/mysqld.sock ping"'],
       ['Protect a web server, as a daemon', '$0 report --daemonize --pidfile=/run/www-ebsmon.pid --logfile=/var/log/www-ebsmon.log --monitor=/var/www/html --ports=80,443'],
     ],
   });
@@ -31,6 +38,7 @@ export class ReportCommand extends DaemonCommand {
   monitor = Option.Array('--monitor', {required: true, description: 'Directory on a device to prove (the service\'s data directory); repeat for each volume, up to 8'});
   ports = Option.String('--ports', {required: true, validator: portListArg, description: 'TCP ports to fence when a disk hangs, e.g. 80,443'});
   name = Option.String('--name', {validator: nameArg, description: 'Reporter name (default: the last component of the first --monitor)'});
+  check = Option.Array('--check', [], {description: 'A command (no shell) that must exit 0 within --probe-timeout every interval, e.g. "mysqladmin --socket=/run/mysqld/mysqld.sock ping"; repeatable'});
   requireMount = Option.Boolean('--require-mount', false, {description: 'Exit 1 at start if a --monitor directory is on / or its /etc/fstab volume is not mounted'});
   fifo = Option.String('--fifo', DEFAULT_FIFO, {description: 'The monitor\'s FIFO'});
   interval = Option.String('--interval', '1', {validator: secondsArg, description: 'Seconds between probes'});
@@ -42,6 +50,12 @@ export class ReportCommand extends DaemonCommand {
     const name = this.name ?? defaultName(this.monitor[0]!);
     if (!NAME_PATTERN.test(name))
       throw new UsageError(`--monitor=${this.monitor[0]} gives the reporter name "${name}", which is not 1-64 characters of A-Z a-z 0-9 . _ -; pass --name`);
+    const checks: Array<CheckSpec> = this.check.map(text => {
+      const resolved = resolveCheck(text);
+      if ('error' in resolved)
+        throw new UsageError(`--check=${text}: ${resolved.error}`);
+      return resolved;
+    });
     await runRole({args: process.argv.slice(2), stdout: this.context.stdout, stderr: this.context.stderr, role: 'report'}, this.daemonOptions(), (logger, onReady, signal) => runReporter({logger, onReady}, {
       monitors: this.monitor,
       ports: this.ports,
@@ -51,6 +65,7 @@ export class ReportCommand extends DaemonCommand {
       probeTimeout: this.probeTimeout,
       requireMount: this.requireMount,
       logfile: this.logfile,
+      checks,
     }, signal));
   }
 }

@@ -1,7 +1,7 @@
 import {Command, Option, UsageError} from 'clipanion';
 
 import {SnapshotError} from '../src/errors';
-import {ANSI_COLORS, DEFAULT_STATE_DIR, NAGIOS, NO_COLORS, readSnapshot, renderNagios, renderTable, snapshotPath, statusView} from '../src/state';
+import {ANSI_COLORS, DEFAULT_STATE_DIR, NAGIOS, NO_COLORS, readSnapshot, renderHistory, renderNagios, renderTable, snapshotPath, statusView} from '../src/state';
 import {EbsmonCommand} from './base';
 
 export class StatusCommand extends EbsmonCommand {
@@ -12,11 +12,14 @@ export class StatusCommand extends EbsmonCommand {
     details: `
       Reads the snapshot the monitor writes to \`--state-dir\` at least once a second; touches neither the FIFO nor the firewall, so it works as any user who can read the state directory. The headline says whether the monitor itself is alive (its pulse younger than 3 s).
 
+      \`--history\` adds, under each reporter that is not healthy, why (and what the reporter says now), and each reporter's last 20 transitions (time, change, how long the previous state lasted, reason), oldest first: what happened last night after the fence is gone. \`--json\` always includes them (\`history\`), with the devices' last counters and what the reporter said.
+
       Exit code: 0 when the snapshot could be read, 1 when not. With \`--nagios\`: 0 OK, 1 WARNING (a reporter overridden), 2 CRITICAL (a reporter fenced, or the monitor not running), 3 UNKNOWN (no snapshot).
     `,
     examples: [
       ['Show a table', '$0 status'],
       ['Machine-readable', '$0 status --json'],
+      ['What happened, and why', '$0 status --history'],
       ['As a Nagios/Icinga check', '$0 status --nagios'],
     ],
   });
@@ -24,10 +27,13 @@ export class StatusCommand extends EbsmonCommand {
   stateDir = Option.String('--state-dir', DEFAULT_STATE_DIR, {description: 'The monitor\'s state directory'});
   json = Option.Boolean('--json', false, {description: 'Print the snapshot with computed ages as JSON'});
   nagios = Option.Boolean('--nagios', false, {description: 'Print one Nagios plugin line; exit 0/1/2/3'});
+  history = Option.Boolean('--history', false, {description: 'Also print each reporter\'s last 20 transitions with their reasons'});
 
   async execute(): Promise<number> {
     if (this.json && this.nagios)
       throw new UsageError('--json and --nagios are exclusive: pick one');
+    if (this.history && this.nagios)
+      throw new UsageError('--history and --nagios are exclusive: a Nagios check prints one line');
 
     let snapshot;
     try {
@@ -59,7 +65,10 @@ export class StatusCommand extends EbsmonCommand {
       return 0;
     }
     const tty = (this.context.stdout as {isTTY?: boolean}).isTTY === true;
-    this.context.stdout.write(renderTable(view, tty ? ANSI_COLORS : NO_COLORS));
+    const colors = tty ? ANSI_COLORS : NO_COLORS;
+    this.context.stdout.write(renderTable(view, colors, {reasons: this.history}));
+    if (this.history)
+      this.context.stdout.write(`\n${renderHistory(view, colors)}`);
     return 0;
   }
 }

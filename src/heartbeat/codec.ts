@@ -29,7 +29,8 @@ const NEWLINE = 0x0a;
 
 function classify(errors: Array<string>): RejectReason {
   const first = errors[0] ?? '';
-  if (first.startsWith('.name') || first.includes('.name:'))
+  // The reporter's own name (".#1.name" inside a oneOf), not a nested one such as a device's.
+  if (/^\.(#\d+\.)?name:/.test(first))
     return 'name';
   if (first.includes('.ports'))
     return 'ports';

@@ -33,6 +33,37 @@ export const isPathInfo = isExactObject({
   mountPoint: isText(PATH_FIELD_MAX.mountPoint),
 });
 
+/** A kernel block device name as sysfs spells it (DISK_NAME_LEN is 32; "!" stands for "/"). */
+export const DEVICE_NAME_MAX = 32;
+/** The longest failure reason a reporter sends; a check's output can make it long, and a line must stay within MAX_LINE_BYTES. */
+export const REASON_MAX = 2048;
+
+/**
+ * What a watched path's block device was doing in the reporter's last
+ * window, from its sysfs counters (stat and inflight), never from the device.
+ */
+export const isDeviceStats = isExactObject({
+  /** major:minor of the node read (a partition's own, a loop or dm device's) */
+  device: isStringWhere('a device as major:minor', text => /^\d{1,10}:\d{1,10}$/.test(text)),
+  name: isStringWhere(`a device name of 1 to ${DEVICE_NAME_MAX} characters`, text => text.length >= 1 && text.length <= DEVICE_NAME_MAX),
+  /** requests in flight when sampled */
+  inflight: isCount,
+  /** I/Os completed since the device appeared (reads, writes, discards, flushes) */
+  ios: isCount,
+  /** the window, milliseconds */
+  windowMs: isNonNegative,
+  /** I/Os completed in the window */
+  done: isCount,
+  /** milliseconds of the window the device had I/O in flight (io_ticks) */
+  busyMs: isNonNegative,
+  /** average milliseconds per I/O completed in the window; absent when none completed */
+  awaitMs: t.isOptional(isNonNegative),
+  /** milliseconds since the completion count last moved */
+  quietMs: isNonNegative,
+});
+
+const isDeviceList = isBoundedArray(isDeviceStats, {min: 1, max: MAX_PATHS});
+
 export const isHeartbeat = isExactObject({
   v: t.isLiteral(PROTOCOL_VERSION),
   kind: t.isLiteral('heartbeat'),
@@ -46,6 +77,23 @@ export const isHeartbeat = isExactObject({
   probeMs: isNonNegative,
   /** Optional: reporters before several paths did not send it. */
   paths: t.isOptional(isBoundedArray(isPathInfo, {min: 1, max: MAX_PATHS})),
+  /** Optional: the watched paths' block devices, one entry per device (reporters before issue 16 did not send it). */
+  devices: t.isOptional(isDeviceList),
+});
+
+/**
+ * A reporter that cannot heartbeat says why, once an interval: it never
+ * re-arms a deadline (anyone who can write the FIFO could send one); the
+ * monitor keeps the words for the fence's reason, status and the metrics.
+ */
+export const isFailing = isExactObject({
+  v: t.isLiteral(PROTOCOL_VERSION),
+  kind: t.isLiteral('failing'),
+  name: isName,
+  pid: isPid,
+  sentAt: isNonNegative,
+  reason: isStringWhere(`a reason of 1 to ${REASON_MAX} characters`, text => text.length >= 1 && text.length <= REASON_MAX),
+  devices: t.isOptional(isDeviceList),
 });
 
 export const isGoodbye = isExactObject({
@@ -77,15 +125,18 @@ export const isUnblock = t.isOneOf([isUnblockOne, isUnblockAll], {exclusive: tru
 
 export type Heartbeat = t.InferType<typeof isHeartbeat>;
 export type PathInfo = t.InferType<typeof isPathInfo>;
+export type DeviceStats = t.InferType<typeof isDeviceStats>;
+export type Failing = t.InferType<typeof isFailing>;
 export type Goodbye = t.InferType<typeof isGoodbye>;
 export type UnblockOne = t.InferType<typeof isUnblockOne>;
 export type UnblockAll = t.InferType<typeof isUnblockAll>;
 export type Unblock = t.InferType<typeof isUnblock>;
-export type Message = Heartbeat | Goodbye | Unblock;
+export type Message = Heartbeat | Failing | Goodbye | Unblock;
 export type MessageKind = Message['kind'];
 
 export const messageValidators: Record<MessageKind, t.StrictValidator<unknown, Message>> = {
   heartbeat: isHeartbeat,
+  failing: isFailing,
   goodbye: isGoodbye,
   unblock: isUnblock,
 };

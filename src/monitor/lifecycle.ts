@@ -18,7 +18,8 @@ export type Life =
 export type LifeEvent =
   /** A heartbeat whose deadline (its sentAt plus --timeout) is `until`. */
   | {type: 'heartbeat', now: number, sentAt: number, until: number}
-  | {type: 'deadline', now: number, wall: number, silentMs: number}
+  /** `said`: what the reporter said it failed on since its last heartbeat, if anything. */
+  | {type: 'deadline', now: number, wall: number, silentMs: number, said?: string}
   | {type: 'unblock', wall: number, by: string};
 
 export type LifeConfig = {
@@ -63,7 +64,8 @@ export function step(life: Life, event: LifeEvent, config: LifeConfig): Step {
         return unchanged(life, 'not-due');
       return {
         life: {state: 'fenced', since: event.wall, streak: 0, lastSentAt: null},
-        change: {to: 'fenced', reason: `no heartbeat for ${(event.silentMs / 1000).toFixed(1)} s`},
+        // Without the reporter's own words, the monitor knows only the silence (the reporter died, or is stuck itself).
+        change: {to: 'fenced', reason: `no heartbeat for ${(event.silentMs / 1000).toFixed(1)} s${event.said === undefined || event.said === '' ? '' : `: ${event.said}`}`},
       };
     case 'unblock':
       if (life.state !== 'fenced')

@@ -176,6 +176,9 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
       case 'heartbeat':
         registry.heartbeat(message);
         break;
+      case 'failing':
+        registry.failing(message);
+        break;
       case 'goodbye':
         registry.goodbye(message);
         break;

@@ -1,6 +1,7 @@
 import type {Arm, DesiredReporter, KernelView} from '../fencing';
-import type {Goodbye, Heartbeat, PathInfo, Unblock} from '../heartbeat';
-import type {ReporterSnapshot, ReporterState} from '../state';
+import type {DeviceStats, Failing, Goodbye, Heartbeat, PathInfo, Unblock} from '../heartbeat';
+import {FENCE_BUCKETS, HISTORY_MAX} from '../state';
+import type {FenceDurations, HistoryEntry, ReporterSnapshot, ReporterState} from '../state';
 import {step} from './lifecycle';
 import type {Life, LifeConfig, LifeEvent} from './lifecycle';
 
@@ -64,7 +65,18 @@ export type ReporterRecord = {
   probeTimeout: number;
   /** The watched paths and the devices they were pinned to, as the reporter last said. */
   paths: ReadonlyArray<PathInfo> | null;
+  /** Its devices' counters from its last heartbeat or failing word, and when it sent them (epoch ms; NaN: never). */
+  devices: ReadonlyArray<DeviceStats> | null;
+  devicesAt: number;
+  /** What it last said it fails on ('' since a newer heartbeat), and when (epoch ms). */
+  said: string;
+  saidAt: number;
   reason: string;
+  /** When it entered its current state (epoch ms; NaN: unknown). */
+  since: number;
+  /** The last HISTORY_MAX transitions, oldest first. */
+  history: Array<HistoryEntry>;
+  fences: FenceDurations;
   timer: unknown;
   warnedSlowProbe: boolean;
   /** Reused by desired(): what the firewall should hold for this reporter. */
@@ -140,7 +152,14 @@ export class Registry {
         interval: snapshot.interval ?? NaN,
         probeTimeout: snapshot.probeTimeout ?? NaN,
         paths: snapshot.paths ?? null,
+        devices: snapshot.devices ?? null,
+        devicesAt: snapshot.devicesAt ?? NaN,
+        said: snapshot.failure?.reason ?? '',
+        saidAt: snapshot.failure?.at ?? NaN,
         reason,
+        since: snapshot.stateSince ?? (snapshot.state === 'fenced' ? snapshot.fencedSince : snapshot.state === 'overridden' ? snapshot.overriddenAt : null) ?? NaN,
+        history: (snapshot.history ?? []).slice(-HISTORY_MAX),
+        fences: adoptFences(snapshot.fenceDurations),
         timer: null,
         warnedSlowProbe: false,
         ...wishFor(snapshot.name),
@@ -149,6 +168,7 @@ export class Registry {
       this.desiredList = null;
       this.schedule(record);
       if (life.state === 'fenced' && snapshot.state !== 'fenced') {
+        this.remember(record, snapshot.state, 'fenced', reason, wall);
         this.effects.log('error', `${record.name}: ${reason}`, {reporter: record.name, ports: record.ports.join(',')});
         this.effects.transition({name: record.name, ports: record.ports, state: 'fenced', reason});
       }
@@ -193,7 +213,14 @@ export class Registry {
         interval: message.interval,
         probeTimeout: message.probeTimeout,
         paths: null,
+        devices: null,
+        devicesAt: NaN,
+        said: '',
+        saidAt: NaN,
         reason: 'first heartbeat',
+        since: wall,
+        history: [],
+        fences: emptyFences(),
         timer: null,
         warnedSlowProbe: false,
         ...wishFor(message.name),
@@ -236,8 +263,42 @@ export class Registry {
     record.probeTimeout = message.probeTimeout;
     if (message.paths !== undefined && !samePaths(record.paths, message.paths))
       record.paths = message.paths;
+    if (message.devices !== undefined) {
+      record.devices = message.devices;
+      record.devicesAt = message.sentAt;
+    }
+    // It proved I/O after what it said: the words no longer explain anything.
+    if (record.said !== '' && !(record.saidAt > message.sentAt))
+      record.said = '';
     record.heartbeats += 1;
     this.heartbeatsAccepted += 1;
+  }
+
+  /**
+   * A reporter that cannot heartbeat says why. Kept for the fence's reason,
+   * status and metrics; it moves no deadline and changes no state (anyone who
+   * can write the FIFO could send one, and could as well send heartbeats). A
+   * pid other than the last heartbeat's counts too: a reporter restarted on a
+   * hung disk never heartbeats, and its words are the only ones there are.
+   */
+  failing(message: Failing): void {
+    const record = this.reporters.get(message.name);
+    if (record === undefined) {
+      this.effects.log('debug', `failing word from unknown reporter ${message.name}: ${message.reason}`);
+      return;
+    }
+    if (message.sentAt < record.lastHeartbeatAt)
+      return;
+    if (record.pid !== message.pid)
+      this.effects.log('debug', `${record.name} (pid ${message.pid}, restarted: its last heartbeat came from pid ${record.pid}) says: ${message.reason}`, {reporter: record.name});
+    if (record.said !== message.reason)
+      this.effects.log('debug', `${record.name} says: ${message.reason}`, {reporter: record.name});
+    record.said = message.reason;
+    record.saidAt = message.sentAt;
+    if (message.devices !== undefined) {
+      record.devices = message.devices;
+      record.devicesAt = message.sentAt;
+    }
   }
 
   goodbye(message: Goodbye): void {
@@ -297,6 +358,10 @@ export class Registry {
       return result.note === 'recovering' ? 'recovering' : 'unchanged';
     const {to, reason} = result.change;
     record.reason = reason;
+    const wall = this.clock.wall();
+    if (from.state === 'fenced')
+      this.fenceEnded(record, Math.max(0, wall - from.since) / 1000);
+    this.remember(record, from.state, to, reason, wall);
     const ports = record.ports.join(',') || '(none)';
     switch (to) {
       case 'fenced':
@@ -319,11 +384,32 @@ export class Registry {
     return 'changed';
   }
 
+  /** History: one entry per transition, the oldest dropped beyond HISTORY_MAX. */
+  private remember(record: ReporterRecord, from: ReporterState, to: ReporterState, reason: string, wall: number): void {
+    record.history.push({at: wall, from, state: to, previousSeconds: Number.isNaN(record.since) ? null : Math.round(Math.max(0, wall - record.since)) / 1000, reason});
+    if (record.history.length > HISTORY_MAX)
+      record.history.splice(0, record.history.length - HISTORY_MAX);
+    record.since = wall;
+  }
+
+  private fenceEnded(record: ReporterRecord, seconds: number): void {
+    const fences = record.fences;
+    fences.count += 1;
+    fences.sumSeconds = Math.round((fences.sumSeconds + seconds) * 1000) / 1000;
+    fences.lastSeconds = Math.round(seconds * 1000) / 1000;
+    const bucket = FENCE_BUCKETS.findIndex(bound => seconds <= bound);
+    if (bucket !== -1)
+      fences.buckets[bucket] = (fences.buckets[bucket] ?? 0) + 1;
+  }
+
   /** A deadline that has passed is a fence, even if its timer has not run yet (the monitor was stopped). */
   private settle(record: ReporterRecord): void {
     const now = this.clock.mono();
-    if (record.life.state === 'healthy' && now >= record.life.until)
-      this.apply(record, {type: 'deadline', now, wall: this.clock.wall(), silentMs: now - record.lastBeatMono});
+    if (record.life.state === 'healthy' && now >= record.life.until) {
+      // Words sent after the last heartbeat explain the silence; older ones do not.
+      const said = record.said !== '' && !(record.saidAt < record.lastHeartbeatAt) ? record.said : undefined;
+      this.apply(record, {type: 'deadline', now, wall: this.clock.wall(), silentMs: now - record.lastBeatMono, ...(said === undefined ? {} : {said})});
+    }
   }
 
   settleAll(): void {
@@ -400,6 +486,11 @@ export class Registry {
       probeTimeout: orNull(r.probeTimeout),
       ...(r.paths === null ? {} : {paths: r.paths.map(p => ({...p}))}),
       reason: r.reason,
+      stateSince: orNull(r.since),
+      ...(r.history.length === 0 ? {} : {history: r.history}),
+      ...(r.fences.count === 0 ? {} : {fenceDurations: r.fences}),
+      ...(r.said === '' ? {} : {failure: {reason: r.said, at: r.saidAt}}),
+      ...(r.devices === null ? {} : {devices: r.devices as Array<DeviceStats>, devicesAt: r.devicesAt}),
     }));
   }
 
@@ -412,6 +503,17 @@ export class Registry {
 }
 
 const orNull = (n: number) => (Number.isNaN(n) ? null : n);
+
+function emptyFences(): FenceDurations {
+  return {count: 0, sumSeconds: 0, lastSeconds: 0, buckets: FENCE_BUCKETS.map(() => 0)};
+}
+
+/** From a snapshot; buckets of another layout cannot be mapped onto these, so they start again (count and sum are kept). */
+function adoptFences(previous: FenceDurations | undefined): FenceDurations {
+  if (previous === undefined)
+    return emptyFences();
+  return {...previous, buckets: previous.buckets.length === FENCE_BUCKETS.length ? [...previous.buckets] : FENCE_BUCKETS.map(() => 0)};
+}
 
 function wishFor(name: string): {wish: ReporterRecord['wish'], armed: ReporterRecord['armed']} {
   return {wish: {name, ports: [], arm: FENCED}, armed: {state: 'armed', until: 0}};

@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {start} from '../spawn';
-import type {Running} from '../spawn';
+import type {Runner} from './check';
+import {OneAtATime} from './flight';
 import {PROBE_SCRIPT} from './script';
 
 export type ProbeMethod = 'direct' | 'dsync';
@@ -33,7 +34,10 @@ export type ProbeTarget = {
 const BLOCK = 4096;
 
 /** The probe child gets nothing from this environment but PATH: no PERL5LIB/PERL5OPT, and C-locale error text. */
-const PROBE_ENV: NodeJS.ProcessEnv = {PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C'};
+export const PROBE_ENV: Record<string, string> = {PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C'};
+
+/** Without a spawn helper: a direct child with nothing but PROBE_ENV. */
+export const directRunner: Runner = (argv, options) => start(argv, {...options, env: PROBE_ENV});
 
 const ERRNO_NAMES = new Map(Object.entries(os.constants.errno).map(([name, number]) => [number, name]));
 
@@ -52,10 +56,14 @@ export function openFlags(method: ProbeMethod): number {
   return c.O_RDWR | c.O_NOFOLLOW | c.O_NONBLOCK | c.O_NOCTTY | c.O_DSYNC | (method === 'direct' ? c.O_DIRECT : 0);
 }
 
-/** `fileInode` is '0' until this reporter has created its file. */
-export function probeArgv(target: ProbeTarget, fileInode: string, method: ProbeMethod, head: string): Array<string> {
+/**
+ * `fileInode` is '0' until this reporter has created its file. `scriptFile`:
+ * PROBE_SCRIPT written to a private tmpfs file at start-up, so each request to
+ * the spawn helper (which reads it a byte at a time) carries 200 bytes, not 4 KB.
+ */
+export function probeArgv(target: ProbeTarget, fileInode: string, method: ProbeMethod, head: string, scriptFile?: string): Array<string> {
   const {errno} = os.constants;
-  return ['perl', '-e', PROBE_SCRIPT, target.dir, path.basename(probeFile(target.dir, target.name)), String(target.dev), String(target.ino), fileInode, head,
+  return ['perl', ...(scriptFile === undefined ? ['-e', PROBE_SCRIPT] : [scriptFile]), target.dir, path.basename(probeFile(target.dir, target.name)), String(target.dev), String(target.ino), fileInode, head,
     String(openFlags(method)), String(fs.constants.O_CREAT | fs.constants.O_EXCL), String(errno.ENOENT), String(errno.EEXIST)];
 }
 
@@ -102,7 +110,7 @@ export function failureReason(failure: {stage: string, code: string, text: strin
  * hung device leaves only a stuck child in D state, never this process.
  */
 export class Prober {
-  private current: Running | null = null;
+  private readonly flight = new OneAtATime();
   /** The inode of the probe file this reporter created; '0' until then. */
   fileInode = '0';
 
@@ -110,6 +118,9 @@ export class Prober {
     readonly target: ProbeTarget,
     public method: ProbeMethod,
     readonly timeoutMs: number,
+    /** The reporter passes its spawn helper (no exec on its loop), started with PROBE_ENV's bare environment. */
+    private readonly runner: Runner = directRunner,
+    private readonly scriptFile?: string,
   ) {
   }
 
@@ -119,27 +130,16 @@ export class Prober {
 
   /** True while a probe process (possibly abandoned after its deadline) still exists. */
   get busy(): boolean {
-    return this.current !== null;
+    return this.flight.busy;
   }
 
   get busyPid(): number | undefined {
-    return this.current?.pid;
+    return this.flight.busyPid;
   }
 
   async probe(seq: number): Promise<ProbeOutcome> {
-    if (this.current !== null)
-      throw new Error('a probe is already in flight');
-
-    const started = performance.now();
-    const argv = probeArgv(this.target, this.fileInode, this.method, probeHead(this.target.name, process.pid, seq));
-    const running = start(argv, {timeoutMs: this.timeoutMs, maxOutputBytes: BLOCK, env: PROBE_ENV});
-    this.current = running;
-    void running.exited.then(() => {
-      if (this.current === running)
-        this.current = null;
-    });
-    const result = await running.result;
-    const ms = performance.now() - started;
+    const argv = probeArgv(this.target, this.fileInode, this.method, probeHead(this.target.name, process.pid, seq), this.scriptFile);
+    const {result, ms} = await this.flight.run(() => this.runner(argv, {timeoutMs: this.timeoutMs, maxOutputBytes: BLOCK}));
     if (result.timedOut)
       return {ok: false, reason: `timed out after ${(this.timeoutMs / 1000).toFixed(1)} s`, code: 'ETIMEDOUT', ms};
     if (result.spawnError !== undefined)

@@ -1,1 +1,2 @@
 export * from './reporter';
+export * from './verdict';

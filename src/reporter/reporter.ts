@@ -2,14 +2,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {StartupError} from '../errors';
-import {MAX_LINE_BYTES, MAX_PATHS, PATH_FIELD_MAX, encodeMessage, isHeartbeat} from '../heartbeat';
-import type {Heartbeat, PathInfo} from '../heartbeat';
+import {MAX_LINE_BYTES, MAX_PATHS, PATH_FIELD_MAX, REASON_MAX, encodeMessage, isFailing, isHeartbeat} from '../heartbeat';
+import type {DeviceStats, Failing, Heartbeat, PathInfo} from '../heartbeat';
 import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
-import {Prober, checkMount, chooseMethod, describeMount, logfileWarnings, pinPath, probeFile, readMountTable} from '../probe';
-import type {FileEvent, MountEntry, PathPin, ProbeOutcome} from '../probe';
+import {Checker, DeviceWatch, PROBE_ENV, Prober, checkMount, chooseMethod, describeMount, logfileWarnings, pinPath, probeFile, readMountTable, resolveDevice} from '../probe';
+import type {CheckOutcome, CheckSpec, DeviceSample, FileEvent, MountEntry, PathPin, ProbeOutcome, Runner} from '../probe';
+import {PROBE_SCRIPT} from '../probe/script';
+import {SpawnHelper} from '../spawn';
 import {FifoWriter} from '../transport';
 import type {SendResult} from '../transport';
+import {composeReason, describeCheck, describeProbe} from './verdict';
+import type {DeviceWindow, Finding} from './verdict';
+import {makeRuntimeDir} from './runtime';
 
 export type ReporterOptions = {
   /** the watched directories; the first one names the reporter by default */
@@ -25,6 +30,8 @@ export type ReporterOptions = {
   requireMount?: boolean;
   /** only to warn when it shares a device with a watched path */
   logfile?: string;
+  /** --check programs, resolved at start-up (see resolveCheck) */
+  checks?: Array<CheckSpec>;
 };
 
 export type ReporterDeps = {
@@ -98,10 +105,13 @@ function logHardlinkProtection(logger: Logger): void {
     logger.warn(`fs.protected_hardlinks=${value === '' ? 'unknown' : value}: any user who can write a watched directory can hard-link other files of that filesystem to the probe name; the probe refuses a file with more than one link, but set fs.protected_hardlinks=1`, {protectedHardlinks: value});
 }
 
-/** One watched path: its pin, its own probe child (never stacked), and its latest result. */
+/** One watched path: its pin, its own probe child (never stacked), its device, and its latest result. */
 type Watched = {
   pin: PathPin;
   prober: Prober;
+  device: DeviceWatch | null;
+  /** the device's counters when the latest probe started: the probe's window opens there */
+  startSample: DeviceSample | null;
   /** the latest finished probe or mount check; null before the first */
   latest: ProbeOutcome | null;
   /** when the latest passing probe started (performance.now()) */
@@ -110,7 +120,15 @@ type Watched = {
   running: Promise<void> | null;
 };
 
-type Health = {state: 'starting' | 'healthy' | 'failing', reason: string};
+/** One --check: its own child (never stacked) and its latest result. */
+type Checked = {
+  checker: Checker;
+  latest: CheckOutcome | null;
+  provenAt: number;
+  running: Promise<void> | null;
+};
+
+type Health = {state: 'starting' | 'healthy' | 'failing', key: string, reason: string};
 
 function describeEvent(file: string, event: FileEvent): {level: 'error' | 'warn' | 'info', message: string} {
   switch (event.kind) {
@@ -125,38 +143,125 @@ function describeEvent(file: string, event: FileEvent): {level: 'error' | 'warn'
   }
 }
 
+/** The largest numbers a device entry can carry, for the start-up size check. */
+function worstStats(device: string, name: string): DeviceStats {
+  return {device, name, inflight: 2 ** 31, ios: Number.MAX_SAFE_INTEGER, windowMs: 86_400_000.25, done: 2 ** 40, busyMs: 86_400_000.25, awaitMs: 1e9 + 0.25, quietMs: 1e12 + 0.25};
+}
+
+/** procfs: the kernel's name of a process's program, set when its exec succeeds; null once it is gone. */
+function commOf(pid: number): string | null {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+function clipEnd(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, Math.max(1, max - 1))}\u2026`;
+}
+
 export async function runReporter(deps: ReporterDeps, options: ReporterOptions, signal: AbortSignal): Promise<void> {
   const {logger} = deps;
-  logger.info('reporter starting', {name: options.name, monitor: options.monitors.join(','), ports: options.ports.join(','), fifo: options.fifo, interval: options.interval, probeTimeout: options.probeTimeout});
+  const checks = options.checks ?? [];
+  logger.info('reporter starting', {name: options.name, monitor: options.monitors.join(','), ports: options.ports.join(','), fifo: options.fifo, interval: options.interval, probeTimeout: options.probeTimeout, checks: checks.length});
   const pins = pinAll(options, logger, readMountTable());
   logHardlinkProtection(logger);
 
+  // Each pinned device's own counters, read every interval from sysfs (never from the device).
+  const devices = new Map<string, DeviceWatch>();
+  const deviceOf = (pin: PathPin): DeviceWatch | null => {
+    const resolved = resolveDevice(pin.mount, pin.device);
+    if (resolved.node === null) {
+      logger.info(`no device evidence for ${pin.path}: ${resolved.why}`, {path: pin.path});
+      return null;
+    }
+    const node = resolved.node;
+    let watch = devices.get(node.device);
+    if (watch === undefined) {
+      try {
+        watch = new DeviceWatch(node);
+      } catch (error) {
+        logger.warn(`no device evidence for ${pin.path}: cannot read ${node.dir}: ${(error as Error).message}`, {path: pin.path});
+        return null;
+      }
+      devices.set(node.device, watch);
+    }
+    logger.info(`device evidence for ${pin.path}: ${node.name} (${node.device}${node.detail === '' ? '' : `; ${node.detail}`}), its counters read from ${node.dir}`, {path: pin.path, device: node.device, deviceName: node.name});
+    return watch;
+  };
+
+  const limited = new RateLimitedLog(logger, REMINDER_MS);
+  // Probes and checks start through a helper that forks them: this loop never waits for an exec, even when the disk holding perl hangs.
+  const runtime = makeRuntimeDir(options.name);
+  if (runtime.warning !== undefined)
+    logger.warn(runtime.warning);
+  const helperError = (message: string) => limited.log('error', 'helper', message);
+  const helper = SpawnHelper.start(path.join(runtime.dir, 'probes'), helperError, {env: PROBE_ENV});
+  const runner: Runner = (argv, runOptions) => helper.run(argv, runOptions);
+  const scriptFile = path.join(runtime.dir, 'probe.pl');
+  fs.writeFileSync(scriptFile, PROBE_SCRIPT, {mode: 0o600});
+  // Checks run with the reporter's own environment: a helper of their own starts from it (a request carries no environment).
+  const checkHelper = checks.length === 0 ? null : SpawnHelper.start(path.join(runtime.dir, 'checks'), helperError);
+  const checkRunner: Runner = (argv, runOptions) => checkHelper!.run(argv, runOptions);
+
   const watched: Array<Watched> = pins.map(pin => ({
     pin,
-    prober: new Prober({dir: pin.dir, name: options.name, dev: pin.dev, ino: pin.ino}, 'direct', options.probeTimeout * 1000),
+    prober: new Prober({dir: pin.dir, name: options.name, dev: pin.dev, ino: pin.ino}, 'direct', options.probeTimeout * 1000, runner, scriptFile),
+    device: deviceOf(pin),
+    startSample: null,
     latest: null,
     provenAt: -Infinity,
     probes: 0,
     running: null,
   }));
+  const checked: Array<Checked> = checks.map(spec => ({checker: new Checker(spec, options.probeTimeout * 1000, checkRunner, {}), latest: null, provenAt: -Infinity, running: null}));
+  for (const c of checked)
+    logger.info(`check: ${c.checker.spec.text} (${c.checker.spec.argv[0]}, no shell, every interval, killed with its process group after ${options.probeTimeout} s)`, {check: c.checker.spec.text});
+
   const writer = new FifoWriter(options.fifo);
-  const limited = new RateLimitedLog(logger, REMINDER_MS);
-  let health: Health = {state: 'starting', reason: ''};
+  let health: Health = {state: 'starting', key: '', reason: ''};
   let seq = 0;
   /** Why the last send failed, or null while sends succeed: logs once per change, then reminders. */
   let sendFailure: string | null = null;
   let failingSince = 0;
-  /** When the last heartbeat was decided: the next one needs a proof of every path started after it. */
+  /** When the last heartbeat was decided: the next one needs a proof of every path and check started after it. */
   let lastBeatAt = -Infinity;
+  let ticks = 0;
 
   let paths: Array<PathInfo> | undefined = pins.map(pathInfo);
-  const worstCase: Heartbeat = {v: 1, kind: 'heartbeat', name: options.name, pid: process.pid, ports: options.ports, interval: options.interval, probeTimeout: options.probeTimeout, seq: Number.MAX_SAFE_INTEGER, sentAt: Date.now() * 10, probeMs: 1e9 + 0.25, paths};
-  // The monitor drops a heartbeat that fails its schema (and then fences): better no devices than no heartbeat.
-  const errors: Array<string> = [];
-  if (!isHeartbeat(worstCase, {errors}) || Buffer.byteLength(JSON.stringify(worstCase)) + 1 > MAX_LINE_BYTES) {
-    logger.warn(`heartbeats go without the watched paths' devices: ${errors.length > 0 ? errors.join('; ') : `they would make a heartbeat longer than ${MAX_LINE_BYTES} bytes (PIPE_BUF)`}`);
+  let sendDevices = devices.size > 0;
+  const worstCase = (withDevices: boolean): Heartbeat => ({
+    v: 1, kind: 'heartbeat', name: options.name, pid: process.pid, ports: options.ports, interval: options.interval, probeTimeout: options.probeTimeout,
+    seq: Number.MAX_SAFE_INTEGER, sentAt: Date.now() * 10, probeMs: 1e9 + 0.25,
+    ...(paths === undefined ? {} : {paths}),
+    ...(withDevices ? {devices: [...devices.values()].map(w => worstStats(w.node.device, w.node.name))} : {}),
+  });
+  // The monitor drops a heartbeat that fails its schema (and then fences): better without devices or paths than no heartbeat.
+  const problem = (message: Heartbeat): string | null => {
+    const errors: Array<string> = [];
+    if (!isHeartbeat(message, {errors}))
+      return errors.join('; ');
+    return Buffer.byteLength(JSON.stringify(message)) + 1 > MAX_LINE_BYTES ? `they would make a heartbeat longer than ${MAX_LINE_BYTES} bytes (PIPE_BUF)` : null;
+  };
+  if (sendDevices) {
+    const why = problem(worstCase(true));
+    if (why !== null) {
+      logger.warn(`heartbeats go without the devices' counters: ${why}`);
+      sendDevices = false;
+    }
+  }
+  const pathProblem = problem(worstCase(false));
+  if (pathProblem !== null) {
+    logger.warn(`heartbeats go without the watched paths' devices: ${pathProblem}`);
     paths = undefined;
   }
+  const deviceStats = (): Array<DeviceStats> | undefined => {
+    if (!sendDevices)
+      return undefined;
+    const list = [...devices.values()].flatMap(w => (w.latest === null ? [] : [w.latest]));
+    return list.length > 0 ? list : undefined;
+  };
 
   const send = (message: Parameters<typeof encodeMessage>[0]): SendResult => {
     const result = writer.send(encodeMessage(message));
@@ -175,33 +280,58 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     return result;
   };
 
-  const transition = (outcome: {ok: true, ms: number} | {ok: false, reason: string, code: string}) => {
+  /** The failing word, cut to fit one atomic FIFO write (a check's output can be long, in any script). */
+  const failingMessage = (reason: string): Failing => {
+    const list = deviceStats();
+    let message: Failing = {v: 1, kind: 'failing', name: options.name, pid: process.pid, sentAt: Date.now(), reason: clipEnd(reason, REASON_MAX), ...(list === undefined ? {} : {devices: list})};
+    for (let i = 0; i < 8; i++) {
+      const excess = Buffer.byteLength(JSON.stringify(message)) + 1 - MAX_LINE_BYTES;
+      if (excess <= 0 && isFailing(message))
+        return message;
+      message = {...message, reason: clipEnd(message.reason, Math.max(64, message.reason.length - Math.max(excess, 0) - 8))};
+    }
+    const {devices: _dropped, ...bare} = message;
+    return {...bare, reason: clipEnd(bare.reason, 512)};
+  };
+  let saidTick = -1;
+  let saidKey = '';
+  /** At most once a tick (and at once when what is wrong changes): the monitor keeps it for the fence's reason. */
+  const sayFailing = (key: string, reason: string) => {
+    if (saidTick === ticks && saidKey === key)
+      return;
+    saidTick = ticks;
+    saidKey = key;
+    send(failingMessage(reason));
+  };
+
+  const transition = (outcome: {ok: true, ms: number} | {ok: false, key: string, reason: string, code: string}) => {
     if (outcome.ok) {
       if (health.state !== 'healthy') {
         if (health.state === 'failing')
-          logger.info('probe healthy again: heartbeats resume', {name: options.name, probeMs: round(outcome.ms), failedForSeconds: round((performance.now() - failingSince) / 1000)});
+          logger.info('healthy again: heartbeats resume', {name: options.name, probeMs: round(outcome.ms), failedForSeconds: round((performance.now() - failingSince) / 1000)});
         else
-          logger.info('probe healthy: sending heartbeats', {name: options.name, probeMs: round(outcome.ms)});
+          logger.info('healthy: sending heartbeats', {name: options.name, probeMs: round(outcome.ms)});
         limited.forget('failing');
       }
-      health = {state: 'healthy', reason: ''};
+      health = {state: 'healthy', key: '', reason: ''};
       return;
     }
 
-    if (health.state !== 'failing' || health.reason !== outcome.reason) {
+    if (health.state !== 'failing' || health.key !== outcome.key) {
       if (health.state !== 'failing')
         failingSince = performance.now();
-      logger.error(`probe failed: ${outcome.reason}; no heartbeat until the disk answers`, {name: options.name, code: outcome.code});
+      logger.error(`failing: ${outcome.reason}; no heartbeat until it passes`, {name: options.name, code: outcome.code});
       limited.mark('failing');
     } else {
-      logger.debug(`probe still failing: ${outcome.reason}`, {name: options.name});
-      limited.log('warn', 'failing', `probe still failing: ${outcome.reason}`, {name: options.name, failingForSeconds: round((performance.now() - failingSince) / 1000)});
+      logger.debug(`still failing: ${outcome.reason}`, {name: options.name});
+      limited.log('warn', 'failing', `still failing: ${outcome.reason}`, {name: options.name, failingForSeconds: round((performance.now() - failingSince) / 1000)});
     }
-    health = {state: 'failing', reason: outcome.reason};
+    health = {state: 'failing', key: outcome.key, reason: outcome.reason};
   };
 
   const beat = (probeMs: number) => {
     seq += 1;
+    const list = deviceStats();
     const heartbeat: Heartbeat = {
       v: 1,
       kind: 'heartbeat',
@@ -214,29 +344,58 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
       sentAt: Date.now(),
       probeMs: round(probeMs),
       ...(paths === undefined ? {} : {paths}),
+      ...(list === undefined ? {} : {devices: list}),
     };
     if (send(heartbeat).ok)
       logger.debug('heartbeat sent', {seq, probeMs: heartbeat.probeMs});
   };
 
+  /** A failing probe in words, with what its device did from the probe's start until now. */
+  const findingOf = (w: Watched): Finding => {
+    const outcome = w.latest as ProbeOutcome & {ok: false};
+    // Still not perl: its exec is stuck, on the disk that holds perl (the root disk, on AWS), not on the watched one.
+    const comm = outcome.code === 'ETIMEDOUT' && w.prober.busyPid !== undefined ? commOf(w.prober.busyPid) : null;
+    if (comm !== null && comm !== 'perl')
+      return describeProbe(w.pin.path, {...outcome, code: 'ENOSTART', reason: `${outcome.reason} before perl started (its exec is stuck: does the disk holding perl, often the root disk, answer?)`}, null);
+    let window: DeviceWindow | null = null;
+    if (w.device !== null && w.startSample !== null) {
+      const now = w.device.sample();
+      // A timeout is judged over the probe's own life; an error over the last few seconds (the error took a millisecond).
+      const from = outcome.code === 'ETIMEDOUT' ? w.startSample : w.device.lookback() ?? w.startSample;
+      if (now !== null)
+        window = {name: w.device.node.name, from, to: now, progressAt: w.device.quietSince()};
+    }
+    return describeProbe(w.pin.path, outcome, window);
+  };
+
   /**
-   * Healthy only when every path's latest probe passed; a heartbeat only when
-   * every path has proven I/O with a probe started after the last heartbeat,
-   * so a path whose probe is still in flight holds the heartbeat back, and one
-   * round of probes gives one heartbeat.
+   * Healthy only when every path's latest probe and every check passed; a
+   * heartbeat only when each has passed with a run started after the last
+   * heartbeat, so one still in flight holds the heartbeat back, and one round
+   * gives one heartbeat.
    */
   const evaluate = () => {
-    const failing = watched.filter(w => w.latest !== null && !w.latest.ok);
-    if (failing.length > 0) {
+    const findings: Array<{finding: Finding, code: string}> = [];
+    for (const w of watched) {
+      if (w.latest !== null && !w.latest.ok)
+        findings.push({finding: findingOf(w), code: w.latest.code});
+    }
+    for (const c of checked) {
+      if (c.latest !== null && !c.latest.ok)
+        findings.push({finding: describeCheck(c.checker.spec.text, c.latest), code: c.latest.code});
+    }
+    if (findings.length > 0) {
       if (signal.aborted)
         return;
-      const reason = failing.map(w => `${w.pin.path}: ${(w.latest as ProbeOutcome & {ok: false}).reason}`).join('; ');
-      transition({ok: false, reason, code: (failing[0]!.latest as ProbeOutcome & {ok: false}).code});
+      const key = findings.map(f => f.finding.key).join('\n');
+      const reason = composeReason(findings.map(f => f.finding));
+      transition({ok: false, key, reason, code: findings[0]!.code});
+      sayFailing(key, reason);
       return;
     }
-    if (watched.some(w => w.latest === null))
+    if (watched.some(w => w.latest === null) || checked.some(c => c.latest === null))
       return;
-    if (watched.some(w => w.provenAt <= lastBeatAt))
+    if (watched.some(w => w.provenAt <= lastBeatAt) || checked.some(c => c.provenAt <= lastBeatAt))
       return;
     lastBeatAt = performance.now();
     const ms = Math.max(...watched.map(w => w.latest!.ms));
@@ -249,8 +408,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   const mountProblem = (w: Watched, entries: ReadonlyArray<MountEntry> | Error): ProbeOutcome | null => {
     if (entries instanceof Error)
       return {ok: false, reason: `cannot read the mount table: ${entries.message}`, code: 'EMOUNTTABLE', ms: 0};
-    const problem = checkMount(entries, w.pin.dir, w.pin.mount);
-    return problem === null ? null : {ok: false, ...problem, ms: 0};
+    const found = checkMount(entries, w.pin.dir, w.pin.mount);
+    return found === null ? null : {ok: false, ...found, ms: 0};
   };
   const mountTable = (): ReadonlyArray<MountEntry> | Error => {
     try {
@@ -262,6 +421,7 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
 
   const launch = (w: Watched, probe: () => Promise<ProbeOutcome>) => {
     const startedAt = performance.now();
+    w.startSample = w.device?.sample(startedAt) ?? null;
     w.probes += 1;
     w.running = (async () => {
       let outcome = await probe();
@@ -282,26 +442,55 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     })();
   };
 
+  const launchCheck = (c: Checked) => {
+    const startedAt = performance.now();
+    c.running = (async () => {
+      const outcome = await c.checker.run();
+      c.running = null;
+      if (outcome.ok) {
+        c.provenAt = startedAt;
+        logger.debug('check passed', {check: c.checker.spec.text, run: c.checker.runs, checkMs: round(outcome.ms)});
+      }
+      c.latest = outcome;
+      evaluate();
+    })();
+  };
+
   const tick = () => {
     if (signal.aborted)
       return;
+    ticks += 1;
+    for (const watch of devices.values())
+      watch.tick();
     const entries = mountTable();
-    let changed = false;
+    // Something stuck and failing: its reason (the device's evidence) is said again with this tick's counters.
+    let reconsider = false;
     for (const w of watched) {
-      const problem = mountProblem(w, entries);
-      if (problem !== null) {
-        w.latest = problem;
-        changed = true;
+      const found = mountProblem(w, entries);
+      if (found !== null) {
+        w.latest = found;
+        reconsider = true;
       } else if (w.prober.busy) {
         logger.debug('previous probe process still exists (stuck in the kernel?); not starting another', {path: w.pin.path, pid: w.prober.busyPid});
+        reconsider ||= w.latest?.ok === false;
       } else {
         launch(w, () => w.prober.probe(w.probes));
       }
     }
-    if (changed)
+    for (const c of checked) {
+      if (c.checker.busy) {
+        logger.debug('previous check still running; not starting another', {check: c.checker.spec.text, pid: c.checker.busyPid});
+        reconsider ||= c.latest?.ok === false;
+      } else {
+        launchCheck(c);
+      }
+    }
+    if (reconsider)
       evaluate();
   };
 
+  for (const watch of devices.values())
+    watch.tick();
   // The first probe of each path also decides its method (O_DIRECT or not).
   for (const w of watched) {
     launch(w, async () => {
@@ -310,6 +499,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
       return chosen.first;
     });
   }
+  for (const c of checked)
+    launchCheck(c);
   deps.onReady?.();
 
   const ticker = alignedTicker(options.interval * 1000, tick);
@@ -323,8 +514,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   ticker.stop();
 
   // A goodbye tells the monitor to forget us instead of fencing; only say it
-  // when the disk was proven healthy just now, never while a probe is stuck.
-  const pending = watched.flatMap(w => (w.running === null ? [] : [w.running]));
+  // when the disks and the service were proven healthy just now, never while a probe is stuck.
+  const pending = [...watched, ...checked].flatMap(u => (u.running === null ? [] : [u.running]));
   if (pending.length > 0) {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([Promise.all(pending), new Promise(resolve => {
@@ -334,13 +525,20 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     clearTimeout(timer);
   }
 
-  if (health.state === 'healthy' && watched.every(w => !w.prober.busy && w.latest?.ok === true)) {
+  const allPassed = watched.every(w => !w.prober.busy && w.latest?.ok === true) && checked.every(c => !c.checker.busy && c.latest?.ok === true);
+  if (health.state === 'healthy' && allPassed) {
     const result = send({v: 1, kind: 'goodbye', name: options.name, pid: process.pid});
     logger.info(result.ok ? 'stopping: goodbye sent, the monitor forgets this reporter' : 'stopping: goodbye could not be delivered', {name: options.name});
   } else {
-    logger.warn('stopping while the probe is failing: no goodbye, so a fence stays in place', {name: options.name, reason: health.reason});
+    logger.warn('stopping while failing: no goodbye, so a fence stays in place', {name: options.name, reason: health.reason});
   }
   writer.close();
+  // Ends the helpers; their exit kills any check still running. A probe stuck in the kernel stays until its I/O ends.
+  helper.close();
+  checkHelper?.close();
+  fs.rmSync(runtime.dir, {recursive: true, force: true});
+  for (const watch of devices.values())
+    watch.close();
 }
 
 function round(n: number): number {

@@ -137,17 +137,19 @@ export class SpawnHelper {
   /** Why the helper is gone, once it is. */
   private gone: string | null = null;
 
-  private constructor(readonly dir: string, private readonly onError: (message: string) => void) {
+  private constructor(readonly dir: string, private readonly onError: (message: string) => void, private readonly baseEnv: NodeJS.ProcessEnv) {
   }
 
   /**
    * Start-up only: the helper itself is the one exec the loop waits for.
-   * `dir` is a private directory on tmpfs for the children's files.
+   * `dir` is a private directory on tmpfs for the children's files (in a
+   * directory only this user can write: it is removed and made again).
+   * `env`: the environment every child starts from (default: this process's).
    */
-  static start(dir: string, onError: (message: string) => void = () => {}): SpawnHelper {
+  static start(dir: string, onError: (message: string) => void = () => {}, {env = process.env}: {env?: NodeJS.ProcessEnv} = {}): SpawnHelper {
     fs.rmSync(dir, {recursive: true, force: true});
     fs.mkdirSync(dir, {recursive: true, mode: 0o700});
-    const helper = new SpawnHelper(dir, onError);
+    const helper = new SpawnHelper(dir, onError, env);
     helper.launch();
     return helper;
   }
@@ -162,7 +164,7 @@ export class SpawnHelper {
     const child = spawn('bash', ['--norc', '--noprofile', '-c', SCRIPT, 'ebsmon-spawn-helper', this.dir], {
       stdio: ['pipe', 'pipe', 'pipe'],
       detached: true,
-      env: {...process.env, LC_ALL: 'C', BASH_ENV: ''},
+      env: {...this.baseEnv, LC_ALL: 'C', BASH_ENV: ''},
     });
     this.child = child;
     this.gone = null;

@@ -1,4 +1,5 @@
-import {REPORTER_STATES} from './snapshot';
+import {FENCE_BUCKETS, REPORTER_STATES} from './snapshot';
+import type {DeviceStats} from '../heartbeat/schema';
 import type {ReporterSnapshot, Snapshot} from './snapshot';
 
 function escapeLabel(value: string): string {
@@ -22,6 +23,18 @@ const PER_REPORTER: ReadonlyArray<PerReporter> = [
   {name: 'ebsmon_reporter_flaps_total', type: 'counter', help: 'Times a fence was lifted because heartbeats resumed.', value: r => r.flapCount},
 ];
 
+type PerDevice = {name: string, type: 'gauge' | 'counter', help: string, value: (d: DeviceStats, r: ReporterSnapshot, now: number) => number};
+
+/** From the reporter's last heartbeat or failing word: its watched devices' own sysfs counters. */
+const PER_DEVICE: ReadonlyArray<PerDevice> = [
+  {name: 'ebsmon_device_inflight_requests', type: 'gauge', help: 'Requests in flight on a watched device (sysfs inflight), as the reporter last sampled it.', value: d => d.inflight},
+  {name: 'ebsmon_device_ios_completed_total', type: 'counter', help: 'I/Os the watched device has completed (reads, writes, discards, flushes; sysfs stat).', value: d => d.ios},
+  {name: 'ebsmon_device_await_seconds', type: 'gauge', help: 'Average time per I/O completed in the reporter\'s last window (NaN when none completed).', value: d => (d.awaitMs === undefined ? NaN : d.awaitMs / 1000)},
+  {name: 'ebsmon_device_utilization_ratio', type: 'gauge', help: 'Share of the reporter\'s last window the device had I/O in flight (io_ticks).', value: d => (d.windowMs > 0 ? Math.min(1, d.busyMs / d.windowMs) : NaN)},
+  {name: 'ebsmon_device_last_completion_age_seconds', type: 'gauge', help: 'Seconds since the device\'s completion count last moved, as of the sample.', value: d => d.quietMs / 1000},
+  {name: 'ebsmon_device_sample_age_seconds', type: 'gauge', help: 'Seconds since the reporter sampled these counters.', value: (_d, r, now) => (r.devicesAt === undefined ? NaN : Math.max(0, (now - r.devicesAt) / 1000))},
+];
+
 /**
  * Prometheus text exposition format 0.0.4, for node_exporter's textfile
  * collector. Rewritten every second with 1000 reporters: one string per line,
@@ -37,7 +50,7 @@ export function renderMetrics(snapshot: Snapshot, now: number): string {
 export function renderMetricsTo(snapshot: Snapshot, now: number, emit: (text: string) => void): void {
   const reporters = snapshot.reporters;
   const labels = reporters.map(r => `reporter="${escapeLabel(r.name)}"`);
-  const head = (name: string, type: 'gauge' | 'counter', help: string) => {
+  const head = (name: string, type: 'gauge' | 'counter' | 'histogram', help: string) => {
     emit(`# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`);
   };
 
@@ -55,6 +68,34 @@ export function renderMetricsTo(snapshot: Snapshot, now: number, emit: (text: st
   for (let i = 0; i < reporters.length; i++)
     for (const p of reporters[i]!.paths ?? [])
       emit(`ebsmon_reporter_path_info{${labels[i]!},path="${escapeLabel(p.path)}",device="${escapeLabel(p.device)}",source="${escapeLabel(p.source)}",fstype="${escapeLabel(p.fstype)}",mount_point="${escapeLabel(p.mountPoint)}"} 1\n`);
+  head('ebsmon_reporter_fence_duration_seconds', 'histogram', 'How long the reporter\'s fences lasted, for fences that ended (recovered or lifted by hand).');
+  for (let i = 0; i < reporters.length; i++) {
+    const fences = reporters[i]!.fenceDurations;
+    if (fences === undefined)
+      continue;
+    let cumulative = 0;
+    FENCE_BUCKETS.forEach((bound, b) => {
+      cumulative += fences.buckets[b] ?? 0;
+      emit(`ebsmon_reporter_fence_duration_seconds_bucket{${labels[i]!},le="${bound}"} ${cumulative}\n`);
+    });
+    emit(`ebsmon_reporter_fence_duration_seconds_bucket{${labels[i]!},le="+Inf"} ${fences.count}\n`);
+    emit(`ebsmon_reporter_fence_duration_seconds_sum{${labels[i]!}} ${value(fences.sumSeconds)}\n`);
+    emit(`ebsmon_reporter_fence_duration_seconds_count{${labels[i]!}} ${fences.count}\n`);
+  }
+  head('ebsmon_reporter_last_fence_duration_seconds', 'gauge', 'How long the reporter\'s last ended fence lasted.');
+  for (let i = 0; i < reporters.length; i++) {
+    const fences = reporters[i]!.fenceDurations;
+    if (fences !== undefined)
+      emit(`ebsmon_reporter_last_fence_duration_seconds{${labels[i]!}} ${value(fences.lastSeconds)}\n`);
+  }
+  for (const metric of PER_DEVICE) {
+    head(metric.name, metric.type, metric.help);
+    for (let i = 0; i < reporters.length; i++) {
+      const r = reporters[i]!;
+      for (const d of r.devices ?? [])
+        emit(`${metric.name}{${labels[i]!},device="${escapeLabel(d.device)}",name="${escapeLabel(d.name)}"} ${value(metric.value(d, r, now))}\n`);
+    }
+  }
   head('ebsmon_monitor_pulse_timestamp_seconds', 'gauge', 'When the monitor last wrote its state (Unix time).');
   emit(`ebsmon_monitor_pulse_timestamp_seconds ${value(snapshot.monitor.writtenAt / 1000)}\n`);
   head('ebsmon_heartbeats_total', 'counter', 'Heartbeats accepted by the monitor.');

@@ -4,7 +4,7 @@ import * as t from 'typanion';
 
 import {SnapshotError, errnoCode} from '../errors';
 import {REJECT_REASONS} from '../heartbeat';
-import {isCount, isName, isNonNegative, isPathInfo, isPid, isPort} from '../heartbeat/schema';
+import {isCount, isDeviceStats, isName, isNonNegative, isPathInfo, isPid, isPort} from '../heartbeat/schema';
 
 export const DEFAULT_STATE_DIR = '/run/ebsmon';
 export const SNAPSHOT_FILE = 'state.json';
@@ -19,6 +19,31 @@ export type ReporterState = t.InferType<typeof isReporterState>;
 
 /** Epoch milliseconds: the wire schema's non-negative number. */
 const isEpochMs = isNonNegative;
+
+/** Transitions kept per reporter; the oldest goes first. */
+export const HISTORY_MAX = 20;
+
+/** One change of a reporter's state, as the monitor carried it out. */
+export const isHistoryEntry = t.isObject({
+  at: isEpochMs,
+  from: isReporterState,
+  state: isReporterState,
+  /** how long it had been `from`; null when the monitor did not see it begin */
+  previousSeconds: t.isNullable(isNonNegative),
+  reason: t.isString(),
+});
+
+/** Upper bounds (seconds) of the fence-duration histogram's buckets; +Inf is the count. */
+export const FENCE_BUCKETS = [1, 5, 15, 30, 60, 300, 900, 3600, 21600, 86400] as const;
+
+/** Fences that ended (recovered or lifted by hand): how long each lasted, as a histogram. */
+export const isFenceDurations = t.isObject({
+  count: isCount,
+  sumSeconds: isNonNegative,
+  lastSeconds: isNonNegative,
+  /** per bucket of FENCE_BUCKETS, fences at most that long (not cumulative) */
+  buckets: t.isArray(isCount),
+});
 
 export const isReporterSnapshot = t.isObject({
   name: isName,
@@ -40,6 +65,16 @@ export const isReporterSnapshot = t.isObject({
   /** The reporter's watched paths and their pinned devices (reporters that send them). */
   paths: t.isOptional(t.isArray(isPathInfo)),
   reason: t.isString(),
+  /** When it entered its current state: epoch ms (null: before this monitor's records). */
+  stateSince: t.isOptional(t.isNullable(isEpochMs)),
+  /** The last HISTORY_MAX transitions, oldest first. */
+  history: t.isOptional(t.isArray(isHistoryEntry)),
+  fenceDurations: t.isOptional(isFenceDurations),
+  /** What the reporter said it failed on since its last heartbeat (its "failing" message). */
+  failure: t.isOptional(t.isObject({reason: t.isString(), at: isEpochMs})),
+  /** Its devices' counters as the reporter last sent them, and when. */
+  devices: t.isOptional(t.isArray(isDeviceStats)),
+  devicesAt: t.isOptional(isEpochMs),
 });
 
 export const isSnapshot = t.isObject({
@@ -63,6 +98,8 @@ export const isSnapshot = t.isObject({
 });
 
 export type ReporterSnapshot = t.InferType<typeof isReporterSnapshot>;
+export type HistoryEntry = t.InferType<typeof isHistoryEntry>;
+export type FenceDurations = t.InferType<typeof isFenceDurations>;
 export type Snapshot = t.InferType<typeof isSnapshot>;
 
 export function emptyRejections(): Record<string, number> {

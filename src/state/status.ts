@@ -1,9 +1,9 @@
-import {PULSE_FRESH_SECONDS} from './snapshot';
+import {HISTORY_MAX, PULSE_FRESH_SECONDS} from './snapshot';
 import type {ReporterSnapshot, Snapshot} from './snapshot';
 
 export type StatusView = {
   monitor: Snapshot['monitor'] & {alive: boolean, pulseAgeSeconds: number};
-  reporters: Array<ReporterSnapshot & {lastHeartbeatAgeSeconds: number | null, fencedForSeconds: number | null, deadlineInSeconds: number | null}>;
+  reporters: Array<ReporterSnapshot & {lastHeartbeatAgeSeconds: number | null, fencedForSeconds: number | null, deadlineInSeconds: number | null, failureAgeSeconds?: number}>;
 };
 
 const round1 = (n: number) => Math.round(n * 10) / 10;
@@ -17,6 +17,7 @@ export function statusView(snapshot: Snapshot, now: number): StatusView {
       lastHeartbeatAgeSeconds: r.lastHeartbeatAt === null ? null : round1(Math.max(0, now - r.lastHeartbeatAt) / 1000),
       fencedForSeconds: r.fencedSince === null ? null : round1(Math.max(0, now - r.fencedSince) / 1000),
       deadlineInSeconds: r.deadlineAt === undefined || r.deadlineAt === null ? null : round1(Math.max(0, r.deadlineAt - now) / 1000),
+      ...(r.failure === undefined ? {} : {failureAgeSeconds: round1(Math.max(0, now - r.failure.at) / 1000)}),
     })),
   };
 }
@@ -52,7 +53,8 @@ function headline(view: StatusView): string {
   return `monitor NOT RUNNING: last pulse ${formatAge(m.pulseAgeSeconds)} (pid ${m.pid}), ${count}${firewall}; ${consequence}`;
 }
 
-export function renderTable(view: StatusView, colors: Colors = NO_COLORS): string {
+/** `reasons`: under each reporter that is not healthy, why (the fence's reason), and what the reporter says now. */
+export function renderTable(view: StatusView, colors: Colors = NO_COLORS, {reasons = false}: {reasons?: boolean} = {}): string {
   const lines = [view.monitor.alive ? headline(view) : colors.red(headline(view))];
   if (!view.monitor.firewallOk)
     lines.push(colors.red('the monitor\'s last firewall update failed; see its log'));
@@ -74,11 +76,44 @@ export function renderTable(view: StatusView, colors: Colors = NO_COLORS): strin
   const pad = (cells: Array<string>) => cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ');
   const paint = (state: string, text: string) => (state === 'fenced' ? colors.red(text) : state === 'overridden' ? colors.yellow(text) : colors.green(text));
   lines.push(colors.bold(pad(header)));
-  for (const row of rows) {
+  rows.forEach((row, i) => {
     const state = row[1]!;
     const text = pad(row);
     lines.push(text.replace(state.padEnd(widths[1]!), paint(state, state.padEnd(widths[1]!))));
-  }
+    // Why it is not healthy, in the monitor's words and (after its last heartbeat) the reporter's.
+    const r = view.reporters[i]!;
+    if (reasons && r.state !== 'healthy')
+      lines.push(`  why: ${r.reason}`);
+    if (reasons && r.failure !== undefined && !r.reason.includes(r.failure.reason))
+      lines.push(`  reporter says (${formatAge(r.failureAgeSeconds ?? null)}): ${r.failure.reason}`);
+  });
+  return `${lines.join('\n')}\n`;
+}
+
+export function formatDuration(seconds: number | null): string {
+  if (seconds === null)
+    return '-';
+  if (seconds < 60)
+    return `${seconds.toFixed(1)}s`;
+  if (seconds < 3600)
+    return `${Math.floor(seconds / 60)}m${Math.floor(seconds % 60)}s`;
+  if (seconds < 86400)
+    return `${Math.floor(seconds / 3600)}h${Math.floor((seconds % 3600) / 60)}m`;
+  return `${Math.floor(seconds / 86400)}d${Math.floor((seconds % 86400) / 3600)}h`;
+}
+
+/** Every reporter's recorded transitions, oldest first, as a log an operator reads the morning after. */
+export function renderHistory(view: StatusView, colors: Colors = NO_COLORS): string {
+  const entries = view.reporters.flatMap(r => (r.history ?? []).map(h => ({name: r.name, ...h}))).sort((a, b) => a.at - b.at || a.name.localeCompare(b.name));
+  if (entries.length === 0)
+    return 'history: no transitions recorded\n';
+  const header = ['TIME', 'REPORTER', 'CHANGE', 'AFTER', 'REASON'];
+  const rows = entries.map(e => [new Date(e.at).toISOString(), e.name, `${e.from} -> ${e.state}`, formatDuration(e.previousSeconds), e.reason]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map(row => row[i]!.length)));
+  const pad = (cells: Array<string>) => cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ');
+  const paint = (state: string, text: string) => (state === 'fenced' ? colors.red(text) : state === 'overridden' ? colors.yellow(text) : colors.green(text));
+  const lines = [`history (the last ${HISTORY_MAX} transitions of each reporter, oldest first; AFTER: how long the previous state lasted)`, colors.bold(pad(header))];
+  rows.forEach((row, i) => lines.push(paint(entries[i]!.state, pad(row))));
   return `${lines.join('\n')}\n`;
 }
 

@@ -13,6 +13,9 @@ import {ensureFifo, openFifoReader} from '../../src/transport';
 import {ebsmonOnce} from '../helpers/proc';
 import {waitFor} from '../helpers/rig';
 
+/** A file of this repository that is not executable (mode 0644 in git). */
+const NOT_EXECUTABLE = path.resolve(__dirname, '..', '..', 'package.json');
+
 async function run(argv: Array<string>) {
   const stdout = new PassThrough();
   const stderr = new PassThrough();
@@ -43,6 +46,11 @@ describe('command line (in process)', () => {
     [['unblock'], /exactly one of --reporter=NAME or --all/],
     [['unblock', '--all', '--reporter=x'], /exactly one of/],
     [['status', '--json', '--nagios'], /exclusive/],
+    [['status', '--history', '--nagios'], /--history and --nagios are exclusive/],
+    [['report', '--monitor=/tmp', '--ports=80', '--check=/nonexistent/ebsmon-check ping'], /--check=\/nonexistent\/ebsmon-check ping: \/nonexistent\/ebsmon-check does not exist/],
+    [['report', '--monitor=/tmp', '--ports=80', `--check=${NOT_EXECUTABLE}`], new RegExp(`--check=${NOT_EXECUTABLE}: ${NOT_EXECUTABLE} is not executable`)],
+    [['report', '--monitor=/tmp', '--ports=80', '--check=ebsmon-no-such-program'], /--check=ebsmon-no-such-program: ebsmon-no-such-program is not an executable in PATH/],
+    [['report', '--monitor=/tmp', '--ports=80', '--check', `psql -c 'select 1`], /--check=psql -c 'select 1: a single quote is not closed/],
     [['frobnicate'], /Command not found/],
   ];
   for (const [argv, message] of usage) {
@@ -64,6 +72,41 @@ describe('command line (in process)', () => {
     const result = await run(['status', '--state-dir=/nonexistent/ebsmon']);
     assert.equal(result.code, 1);
     assert.equal(result.stderr, 'Snapshot Error: no ebsmon snapshot at /nonexistent/ebsmon/state.json (is the monitor running?)\n');
+  });
+
+  it('status --history prints every reporter\'s transitions, oldest first, and why a reporter is not healthy', async () => {
+    const {path: dir, cleanup} = await tmpDir({unsafeCleanup: true});
+    try {
+      const now = Date.now();
+      const why = 'no heartbeat for 10.0 s: probe of /var/lib/mysql timed out after 3.0 s; nvme1n1: 14 requests in flight, none completed for 4.0 s';
+      const reporter = {pid: 1, ports: [3306], lastHeartbeatAt: now - 20_000, overriddenAt: null, overriddenBy: null, fenceCount: 1, flapCount: 0, heartbeats: 1, lastProbeMs: 1, interval: 1, probeTimeout: 3};
+      writeSnapshot(dir, {v: 1, monitor: {pid: process.pid, startedAt: now, writtenAt: now, timeout: 10, recover: 3, protectPorts: [22], heartbeats: 1, linesRejected: {}, firewallOk: true},
+        reporters: [
+          {...reporter, name: 'mysql', state: 'fenced', fencedSince: now - 10_000, reason: why, history: [
+            {at: Date.UTC(2026, 11, 1, 2, 14, 3), from: 'healthy', state: 'fenced', previousSeconds: 273_600, reason: 'no heartbeat for 10.0 s'},
+            {at: Date.UTC(2026, 11, 1, 2, 20, 11), from: 'fenced', state: 'healthy', previousSeconds: 368, reason: '3 consecutive heartbeats'},
+            {at: now - 10_000, from: 'healthy', state: 'fenced', previousSeconds: 40, reason: why},
+          ]},
+          {...reporter, name: 'binlog', state: 'healthy', fencedSince: null, reason: '3 consecutive heartbeats', history: [
+            {at: Date.UTC(2026, 11, 1, 2, 14, 4), from: 'healthy', state: 'fenced', previousSeconds: null, reason: 'no heartbeat for 10.0 s'},
+          ]},
+        ]});
+      const result = await run(['status', `--state-dir=${dir}`, '--history']);
+      assert.equal(result.code, 0);
+      assert.ok(result.stdout.includes(`\n  why: ${why}\n`), result.stdout);
+      const history = result.stdout.slice(result.stdout.indexOf('history ('));
+      assert.deepEqual(history.split('\n').slice(1, 6).map(line => line.replace(/\s+/g, ' ')), [
+        'TIME REPORTER CHANGE AFTER REASON',
+        '2026-12-01T02:14:03.000Z mysql healthy -> fenced 3d4h no heartbeat for 10.0 s',
+        '2026-12-01T02:14:04.000Z binlog healthy -> fenced - no heartbeat for 10.0 s',
+        '2026-12-01T02:20:11.000Z mysql fenced -> healthy 6m8s 3 consecutive heartbeats',
+        `${new Date(now - 10_000).toISOString()} mysql healthy -> fenced 40.0s ${why}`,
+      ]);
+      const json = JSON.parse((await run(['status', `--state-dir=${dir}`, '--json'])).stdout) as {reporters: Array<{history: Array<unknown>}>};
+      assert.equal(json.reporters[0]!.history.length, 3, '--json carries the history');
+    } finally {
+      await cleanup();
+    }
   });
 
   for (const verb of ['monitor', 'report', 'status', 'unblock']) {

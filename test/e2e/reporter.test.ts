@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import {after, before, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
@@ -7,9 +8,16 @@ import {dir as tmpDir} from 'tmp-promise';
 import {listen, logged} from '../helpers/listen';
 import {ebsmon} from '../helpers/proc';
 import type {Proc} from '../helpers/proc';
-import {LoopVolume, Teardown, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
+import {LoopVolume, Teardown, descendants, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
 
-const probeChildren = (pid: number) => sh(['pgrep', '-P', String(pid), '-x', 'perl'], {allowFail: true}).split('\n').filter(Boolean).length;
+/** Probe children below the reporter (they are its spawn helper's children): perl processes in its tree. */
+const probeChildren = (pid: number) => descendants(pid).filter(child => {
+  try {
+    return fs.readFileSync(`/proc/${child}/comm`, 'utf8').trim() === 'perl';
+  } catch {
+    return false;
+  }
+}).length;
 
 describe('ebsmon report on a real loop-mounted ext4 volume', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
   let dir: string;
@@ -53,7 +61,7 @@ describe('ebsmon report on a real loop-mounted ext4 volume', {skip: !isRoot && (
 
       volume.freeze();
       try {
-        await waitFor('the probe to time out', () => logged(reporter, /probe failed: \S+\/mysql: timed out after 1\.0 s/)).catch(e => { console.error(reporter.stderr.slice(-3000)); throw e; });
+        await waitFor('the probe to time out', () => logged(reporter, /^failing: probe of \S+\/mysql timed out after 1\.0 s/)).catch(e => { console.error(reporter.stderr.slice(-3000)); throw e; });
         const stoppedAt = monitor.beats().length;
         let most = 0;
         const until = Date.now() + 10_000;
@@ -70,7 +78,7 @@ describe('ebsmon report on a real loop-mounted ext4 volume', {skip: !isRoot && (
       }
       const resumedFrom = monitor.beats().length;
       await waitFor('heartbeats after thaw', () => monitor.beats().length >= resumedFrom + 2);
-      assert.ok(logged(reporter, /probe healthy again/));
+      assert.ok(logged(reporter, /^healthy again: heartbeats resume/));
     } finally {
       await reporter.stop();
       monitor.close();
@@ -88,7 +96,7 @@ describe('ebsmon report on a real loop-mounted ext4 volume', {skip: !isRoot && (
       try {
         await waitFor('EROFS in the log', () => logged(reporter, /EROFS: read-only file system/));
         const count = monitor.beats().length;
-        await waitFor('two more failed probes', () => reporter.logs().filter(l => /probe still failing: \S+\/mysql: open: EROFS/.test(String(l.message))).length >= 2);
+        await waitFor('two more failed probes', () => reporter.logs().filter(l => /^still failing: probe of \S+\/mysql failed: open: EROFS/.test(String(l.message))).length >= 2);
         assert.equal(monitor.beats().length, count);
         assert.ok(reporter.running);
       } finally {
@@ -111,7 +119,7 @@ describe('ebsmon report on a real loop-mounted ext4 volume', {skip: !isRoot && (
       await waitFor('a heartbeat', () => monitor.beats().length >= 1);
       volume.freeze();
       try {
-        await waitFor('the probe to time out', () => logged(reporter, /probe failed/));
+        await waitFor('the probe to time out', () => logged(reporter, /^failing: probe of/));
         const started = Date.now();
         reporter.kill('SIGTERM');
         await Promise.race([reporter.exited, new Promise(resolve => setTimeout(resolve, 2000))]);

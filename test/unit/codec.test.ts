@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
 import {describe, it} from 'node:test';
 
-import {LineDecoder, MAX_LINE_BYTES, MAX_PATHS, MAX_PORTS, MessageTooLargeError, PATH_FIELD_MAX, decodeLine, encodeMessage} from '../../src/heartbeat';
-import type {Heartbeat, Message, RejectReason} from '../../src/heartbeat';
+import {DEVICE_NAME_MAX, LineDecoder, MAX_LINE_BYTES, MAX_PATHS, MAX_PORTS, MessageTooLargeError, PATH_FIELD_MAX, REASON_MAX, decodeLine, encodeMessage} from '../../src/heartbeat';
+import type {DeviceStats, Failing, Heartbeat, Message, RejectReason} from '../../src/heartbeat';
 
 const heartbeat: Heartbeat = {v: 1, kind: 'heartbeat', name: 'mysql', pid: 4242, ports: [3306], interval: 1, probeTimeout: 3, seq: 17, sentAt: 1763700000000, probeMs: 2.4};
 const mysqlPath = {path: '/var/lib/mysql', device: '259:1', source: '/dev/nvme1n1', fstype: 'ext4', mountPoint: '/var/lib/mysql'};
 const withPaths: Heartbeat = {...heartbeat, paths: [mysqlPath, {path: '/var/lib/mysql-binlog', device: '259:2', source: '/dev/nvme2n1', fstype: 'xfs', mountPoint: '/var/lib/mysql-binlog'}]};
+const nvme: DeviceStats = {device: '259:1', name: 'nvme1n1', inflight: 14, ios: 123456789, windowMs: 1000, done: 0, busyMs: 1000, quietMs: 4000};
+const withDevices: Heartbeat = {...withPaths, devices: [{...nvme, done: 2140, awaitMs: 1.93, quietMs: 0}, {...nvme, device: '259:2', name: 'nvme2n1'}]};
+const failing: Failing = {v: 1, kind: 'failing', name: 'mysql', pid: 4242, sentAt: 1763700000000, reason: 'probe of /var/lib/mysql timed out after 3.0 s; nvme1n1: 14 requests in flight, none completed for 4.0 s', devices: [nvme]};
 
 function collect() {
   const messages: Array<Message> = [];
@@ -19,6 +22,9 @@ describe('encodeMessage / decodeLine', () => {
   const roundTrips: Array<Message> = [
     heartbeat,
     withPaths,
+    withDevices,
+    failing,
+    {v: 1, kind: 'failing', name: 'web', pid: 1, sentAt: 1, reason: 'check `curl -fsS http://localhost/health` exited 22: curl: (22) The requested URL returned error: 503'},
     {...heartbeat, ports: [80, 443], name: 'www.example_1-2'},
     {v: 1, kind: 'goodbye', name: 'mysql', pid: 4242},
     {v: 1, kind: 'unblock', name: 'mysql', pid: 5151, user: 'root'},
@@ -43,6 +49,14 @@ describe('encodeMessage / decodeLine', () => {
     const line = encodeMessage(largest);
     assert.ok(line.length <= MAX_LINE_BYTES, `${line.length} bytes`);
     assert.deepEqual(decodeLine(line.subarray(0, -1)), {ok: true, message: largest});
+  });
+
+  it('keeps the largest failing word within PIPE_BUF when its reason is ASCII (the reporter cuts any other to fit)', () => {
+    const largest: Failing = {
+      ...failing, name: 'n'.repeat(64), pid: 4194304, sentAt: 9999999999999, reason: 'r'.repeat(REASON_MAX),
+      devices: Array.from({length: MAX_PATHS}, () => ({device: '4095:1048575', name: 'd'.repeat(DEVICE_NAME_MAX), inflight: 2 ** 31, ios: Number.MAX_SAFE_INTEGER, windowMs: 86_400_000.25, done: 2 ** 40, busyMs: 86_400_000.25, awaitMs: 1e9 + 0.25, quietMs: 1e12 + 0.25})),
+    };
+    assert.ok(encodeMessage(largest).length <= MAX_LINE_BYTES, `${encodeMessage(largest).length} bytes`);
   });
 
   it('refuses to encode a message larger than PIPE_BUF', () => {
@@ -78,6 +92,14 @@ describe('encodeMessage / decodeLine', () => {
     ['paths: a missing fstype', JSON.stringify({...heartbeat, paths: [{...mysqlPath, fstype: undefined}]}), 'invalid'],
     ['paths: an extra field in a path', JSON.stringify({...heartbeat, paths: [{...mysqlPath, mountId: 30}]}), 'invalid'],
     ['paths: not a list', JSON.stringify({...heartbeat, paths: mysqlPath}), 'invalid'],
+    ['devices: an empty list', JSON.stringify({...heartbeat, devices: []}), 'invalid'],
+    ['devices: a negative count', JSON.stringify({...heartbeat, devices: [{...nvme, inflight: -1}]}), 'invalid'],
+    ['devices: a name longer than the kernel\'s', JSON.stringify({...heartbeat, devices: [{...nvme, name: 'n'.repeat(DEVICE_NAME_MAX + 1)}]}), 'invalid'],
+    ['devices: an extra field', JSON.stringify({...heartbeat, devices: [{...nvme, util: 1}]}), 'invalid'],
+    ['failing: an empty reason', JSON.stringify({...failing, reason: ''}), 'invalid'],
+    ['failing: a reason over its limit', JSON.stringify({...failing, devices: undefined, reason: 'r'.repeat(REASON_MAX + 1)}), 'invalid'],
+    ['failing: no pid', JSON.stringify({...failing, pid: undefined}), 'invalid'],
+    ['failing: ports (it asks for nothing)', JSON.stringify({...failing, ports: [3306]}), 'ports'],
     ['an unblock naming both a reporter and all', JSON.stringify({v: 1, kind: 'unblock', name: 'a', all: true, pid: 1, user: 'r'}), 'invalid'],
   ];
   for (const [what, line, reason] of rejections) {

@@ -19,6 +19,8 @@ const table: Array<Row> = [
   ['healthy + stale heartbeat (sat in the FIFO) is ignored', healthy(10_000), beat(20_000, 5_000, 15_000), {life: healthy(10_000), change: null, note: 'stale'}],
   ['healthy + deadline not yet due', healthy(10_000), {type: 'deadline', now: 9_999, wall: 1, silentMs: 9_999}, {life: healthy(10_000), change: null, note: 'not-due'}],
   ['healthy + deadline due fences', healthy(10_000), {type: 'deadline', now: 10_000, wall: 42, silentMs: 10_000}, {life: {state: 'fenced', since: 42, streak: 0, lastSentAt: null}, change: {to: 'fenced', reason: 'no heartbeat for 10.0 s'}}],
+  ['healthy + deadline due, with the reporter\'s own words: they are the reason', healthy(10_000), {type: 'deadline', now: 10_000, wall: 42, silentMs: 10_000, said: 'probe of /var/lib/mysql timed out after 3.0 s; nvme1n1: 14 requests in flight, none completed for 4.0 s'},
+    {life: {state: 'fenced', since: 42, streak: 0, lastSentAt: null}, change: {to: 'fenced', reason: 'no heartbeat for 10.0 s: probe of /var/lib/mysql timed out after 3.0 s; nvme1n1: 14 requests in flight, none completed for 4.0 s'}}],
   ['healthy + unblock: nothing to lift', healthy(10_000), {type: 'unblock', wall: 1, by: 'root'}, {life: healthy(10_000), change: null, note: 'nothing-to-lift'}],
   ['fenced + first fresh heartbeat starts recovery', fenced(), beat(30_000, 30_000, 40_000), {life: fenced(1, 30_000), change: null, note: 'recovering'}],
   ['fenced + consecutive heartbeat counts', fenced(1, 30_000), beat(31_000, 31_000, 41_000), {life: fenced(2, 31_000), change: null, note: 'recovering'}],

@@ -17,6 +17,12 @@ describe('probe argv', () => {
       String(openFlags('direct')), String(fs.constants.O_CREAT | fs.constants.O_EXCL), String(os.constants.errno.ENOENT), String(os.constants.errno.EEXIST)]);
   });
 
+  it('runs the script from a file when the reporter wrote one (a short request to its spawn helper)', () => {
+    const argv = probeArgv(target, '7', 'dsync', 'head', '/dev/shm/ebsmon-report-mysql.1.x/probe.pl');
+    assert.deepEqual(argv.slice(0, 3), ['perl', '/dev/shm/ebsmon-report-mysql.1.x/probe.pl', '/var/lib/my sql']);
+    assert.equal(argv.length, probeArgv(target, '7', 'dsync', 'head').length - 1);
+  });
+
   it('opens without following links or blocking on a FIFO; O_DIRECT only for the direct method', () => {
     const c = fs.constants;
     for (const method of ['direct', 'dsync'] as const) {

@@ -2,9 +2,10 @@ import assert from 'node:assert/strict';
 import {beforeEach, describe, it} from 'node:test';
 
 import type {KernelView} from '../../src/fencing';
-import type {Heartbeat} from '../../src/heartbeat';
+import type {DeviceStats, Failing, Heartbeat} from '../../src/heartbeat';
 import {Registry} from '../../src/monitor';
 import type {Transition, Urgency} from '../../src/monitor';
+import {HISTORY_MAX} from '../../src/state';
 import type {ReporterSnapshot} from '../../src/state';
 import {FakeClock} from '../helpers/clock';
 
@@ -203,5 +204,109 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
     clock.advance(10_000);
     assert.equal(clock.pending, 0);
     assert.deepEqual(states(), {a: 'fenced'});
+  });
+
+  // Issue 16: what reporters say, and the history of what happened.
+  const say = (name: string, reason: string, extra: Partial<Failing> = {}): Failing => ({v: 1, kind: 'failing', name, pid: 100, sentAt: clock.wall(), reason, ...extra});
+  const record = (name: string) => registry.reporters.get(name)!;
+  const snapOf = (name: string) => registry.snapshot().find(r => r.name === name)!;
+  const stuck = 'probe of /var/lib/mysql timed out after 3.0 s; nvme1n1: 14 requests in flight, none completed for 4.0 s';
+  const disk: DeviceStats = {device: '259:1', name: 'nvme1n1', inflight: 14, ios: 5000, windowMs: 1000, done: 0, busyMs: 1000, quietMs: 4000};
+
+  it('the reporter\'s words after its last heartbeat become the fence\'s reason; they move no deadline', () => {
+    registry.heartbeat(beat('mysql'));
+    clock.advance(4_000);
+    registry.failing(say('mysql', stuck, {devices: [disk]}));
+    assert.equal(record('mysql').life.state, 'healthy');
+    assert.deepEqual(registry.desired()[0]!.arm, {state: 'armed', until: 10_000}, 'the deadline is the heartbeat\'s');
+    clock.advance(6_000);
+    assert.deepEqual(transitions.map(t => [t.state, t.reason]), [['fenced', `no heartbeat for 10.0 s: ${stuck}`]]);
+    assert.deepEqual(snapOf('mysql').failure, {reason: stuck, at: clock.wall() - 6_000});
+    assert.deepEqual(snapOf('mysql').devices, [disk]);
+  });
+
+  it('words older than the last heartbeat explain nothing; an unknown reporter\'s are ignored', () => {
+    registry.heartbeat(beat('mysql'));
+    registry.failing(say('mysql', 'old trouble', {sentAt: clock.wall() - 500}));
+    registry.failing(say('ghost', 'who?'));
+    clock.advance(10_000);
+    assert.deepEqual(transitions.map(t => t.reason), ['no heartbeat for 10.0 s']);
+    assert.equal(registry.reporters.has('ghost'), false);
+    assert.deepEqual(refusals, []);
+  });
+
+  it('a restarted reporter (another pid) that cannot heartbeat is heard too', () => {
+    registry.heartbeat(beat('mysql'));
+    clock.advance(5_000);
+    registry.failing(say('mysql', stuck, {pid: 999}));
+    clock.advance(5_000);
+    assert.deepEqual(transitions.map(t => t.reason), [`no heartbeat for 10.0 s: ${stuck}`]);
+  });
+
+  it('a heartbeat after the words clears them', () => {
+    registry.heartbeat(beat('mysql'));
+    clock.advance(1_000);
+    registry.failing(say('mysql', stuck));
+    clock.advance(1_000);
+    registry.heartbeat(beat('mysql'));
+    assert.equal(snapOf('mysql').failure, undefined);
+    clock.advance(10_000);
+    assert.equal(transitions[0]!.reason, 'no heartbeat for 10.0 s');
+  });
+
+  it('records each transition with its time, the previous state\'s duration and the reason; fence durations as a histogram', () => {
+    registry.heartbeat(beat('mysql'));
+    clock.advance(3_000);
+    registry.failing(say('mysql', stuck));
+    clock.advance(7_000);
+    // Fenced at 10 s; three heartbeats lift it at 102 s.
+    clock.advance(90_000);
+    for (let i = 0; i < 3; i++) {
+      registry.heartbeat(beat('mysql'));
+      clock.advance(i < 2 ? 1_000 : 5_000);
+    }
+    registry.heartbeat(beat('mysql'));
+    clock.advance(10_000);
+    registry.unblock({v: 1, kind: 'unblock', name: 'mysql', pid: 5, user: 'root'});
+    const start = clock.wall() - clock.time;
+    assert.deepEqual(snapOf('mysql').history, [
+      {at: start + 10_000, from: 'healthy', state: 'fenced', previousSeconds: 10, reason: `no heartbeat for 10.0 s: ${stuck}`},
+      {at: start + 102_000, from: 'fenced', state: 'healthy', previousSeconds: 92, reason: '3 consecutive heartbeats'},
+      {at: start + 117_000, from: 'healthy', state: 'fenced', previousSeconds: 15, reason: 'no heartbeat for 10.0 s'},
+      {at: start + 117_000, from: 'fenced', state: 'overridden', previousSeconds: 0, reason: 'unblock by root (pid 5)'},
+    ]);
+    assert.equal(snapOf('mysql').stateSince, start + 117_000);
+    const fences = snapOf('mysql').fenceDurations!;
+    assert.deepEqual({...fences, buckets: undefined}, {count: 2, sumSeconds: 92, lastSeconds: 0, buckets: undefined});
+    assert.deepEqual(fences.buckets, [1, 0, 0, 0, 0, 1, 0, 0, 0, 0], 'one within 1 s, one within 300 s');
+  });
+
+  it('keeps the last 20 transitions, oldest first, and a successor adopts them', () => {
+    registry.heartbeat(beat('flappy'));
+    for (let i = 0; i < 15; i++) {
+      clock.advance(10_000);
+      registry.heartbeat(beat('flappy'));
+      for (let j = 0; j < 2; j++) {
+        clock.advance(1_000);
+        registry.heartbeat(beat('flappy'));
+      }
+    }
+    const history = snapOf('flappy').history!;
+    assert.equal(history.length, HISTORY_MAX);
+    assert.ok(history.every((h, i) => i === 0 || h.at >= history[i - 1]!.at), 'ordered by time');
+    assert.deepEqual(history.map(h => h.state).slice(-2), ['fenced', 'healthy'], 'the newest last');
+    // 30 transitions (15 fences, 15 recoveries): the oldest 10 are gone, so the 6th fence comes first.
+    assert.deepEqual([history[0]!.state, history[0]!.at], ['fenced', clock.wall() - clock.time + 6 * 12_000 - 2_000]);
+    assert.equal(snapOf('flappy').fenceDurations?.count, 15);
+
+    const successor = new Registry({timeoutMs: 10_000, recover: 3, protectPorts: new Set(), maxReporters: 5}, {changed: () => {}, transition: () => {}, log: () => {}, refuse: () => {}}, clock);
+    successor.adopt(registry.snapshot(), null, false);
+    const adopted = successor.snapshot()[0]!;
+    assert.deepEqual(adopted.history, history);
+    assert.deepEqual(adopted.fenceDurations, snapOf('flappy').fenceDurations);
+    clock.advance(10_000);
+    const after = successor.snapshot()[0]!.history!;
+    assert.equal(after.length, HISTORY_MAX);
+    assert.deepEqual([after.at(-1)!.from, after.at(-1)!.state, after.at(-1)!.previousSeconds], ['healthy', 'fenced', 10]);
   });
 });

@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import {describe, it} from 'node:test';
+import type {TestContext} from 'node:test';
+
+import {emptyRejections, renderMetrics} from '../../src/state';
+import type {ReporterSnapshot, Snapshot} from '../../src/state';
+import {promtoolProblems, sampleOf} from '../helpers/metrics';
+import {inCI} from '../helpers/rig';
+
+const now = 1_800_000_000_000;
+const base: ReporterSnapshot = {
+  name: 'mysql', pid: 4242, ports: [3306], state: 'healthy', lastHeartbeatAt: now - 500, fencedSince: null, overriddenAt: null, overriddenBy: null, deadlineAt: now + 9500,
+  fenceCount: 2, flapCount: 2, heartbeats: 1000, lastProbeMs: 2.5, interval: 1, probeTimeout: 3, reason: '2 consecutive heartbeats',
+};
+const snapshot: Snapshot = {
+  v: 1,
+  monitor: {pid: 1, startedAt: now - 60_000, writtenAt: now, timeout: 10, recover: 3, protectPorts: [22], heartbeats: 1000, linesRejected: emptyRejections(), firewallOk: true, firewall: 'nftables', deadlinesInKernel: true},
+  reporters: [
+    {...base, fenceDurations: {count: 2, sumSeconds: 94.5, lastSeconds: 91, buckets: [0, 1, 0, 0, 0, 1, 0, 0, 0, 0]}, devicesAt: now - 2000,
+      devices: [{device: '259:1', name: 'nvme1n1', inflight: 14, ios: 123456, windowMs: 1000, done: 0, busyMs: 1000, quietMs: 4000}, {device: '259:2', name: 'nvme2n1', inflight: 1, ios: 99, windowMs: 1000, done: 40, busyMs: 250, awaitMs: 2.5, quietMs: 0}]},
+    {...base, name: 'www', fenceCount: 0, flapCount: 0},
+  ],
+};
+
+describe('metrics.prom: devices and fence durations', () => {
+  const text = renderMetrics(snapshot, now);
+
+  it('exports each watched device\'s in-flight requests, completions, await, utilisation and quiet time', () => {
+    const labels = 'reporter="mysql",device="259:1",name="nvme1n1"';
+    assert.equal(sampleOf(text, `ebsmon_device_inflight_requests{${labels}}`), 14);
+    assert.equal(sampleOf(text, `ebsmon_device_ios_completed_total{${labels}}`), 123456);
+    assert.ok(Number.isNaN(sampleOf(text, `ebsmon_device_await_seconds{${labels}}`)), 'no await without completions');
+    assert.equal(sampleOf(text, 'ebsmon_device_await_seconds{reporter="mysql",device="259:2",name="nvme2n1"}'), 0.0025);
+    assert.equal(sampleOf(text, `ebsmon_device_utilization_ratio{${labels}}`), 1);
+    assert.equal(sampleOf(text, `ebsmon_device_last_completion_age_seconds{${labels}}`), 4);
+    assert.equal(sampleOf(text, `ebsmon_device_sample_age_seconds{${labels}}`), 2);
+    assert.doesNotMatch(text, /ebsmon_device_\w+\{reporter="www"/, 'a reporter without devices has no device series');
+  });
+
+  it('fence durations as a cumulative histogram, only for reporters with an ended fence, and the last one', () => {
+    assert.equal(sampleOf(text, 'ebsmon_reporter_fence_duration_seconds_bucket{reporter="mysql",le="1"}'), 0);
+    assert.equal(sampleOf(text, 'ebsmon_reporter_fence_duration_seconds_bucket{reporter="mysql",le="5"}'), 1);
+    assert.equal(sampleOf(text, 'ebsmon_reporter_fence_duration_seconds_bucket{reporter="mysql",le="300"}'), 2);
+    assert.equal(sampleOf(text, 'ebsmon_reporter_fence_duration_seconds_bucket{reporter="mysql",le="+Inf"}'), 2);
+    assert.equal(sampleOf(text, 'ebsmon_reporter_fence_duration_seconds_sum{reporter="mysql"}'), 94.5);
+    assert.equal(sampleOf(text, 'ebsmon_reporter_fence_duration_seconds_count{reporter="mysql"}'), 2);
+    assert.equal(sampleOf(text, 'ebsmon_reporter_last_fence_duration_seconds{reporter="mysql"}'), 91);
+    assert.doesNotMatch(text, /fence_duration_seconds\w*\{reporter="www"/);
+  });
+
+  it('is clean for promtool check metrics', (t: TestContext) => {
+    const problems = promtoolProblems(text);
+    if (problems === undefined && !inCI)
+      return t.skip('promtool is not installed (make test installs it)');
+    assert.equal(problems, null);
+  });
+});
