@@ -87,7 +87,7 @@ describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {
     const units = path.join(dir, 'units');
     fs.mkdirSync(units);
     for (const unit of ['ebsmon-monitor.service', 'ebsmon-report@.service'])
-      fs.writeFileSync(path.join(units, unit), fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', unit), 'utf8').replaceAll('/usr/local/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units));
+      fs.writeFileSync(path.join(units, unit), fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', unit), 'utf8').replaceAll('/usr/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units));
     fs.writeFileSync(path.join(units, 'report-mysql.env'), 'MONITOR=/var/lib/mysql\nPORTS=3306\n');
     fs.copyFileSync(path.join(units, 'ebsmon-report@.service'), path.join(units, 'ebsmon-report@mysql.service'));
     const out = sh(['systemd-analyze', 'verify', '--man=no', path.join(units, 'ebsmon-monitor.service'), path.join(units, 'ebsmon-report@mysql.service')], {allowFail: true});
