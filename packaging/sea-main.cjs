@@ -2,21 +2,28 @@
 // The entry point of dist/ebsmon-linux-x64 (a Node single executable application,
 // built by packaging/sea.mjs). The bundle is an asset of the executable; this
 // compiles it with a V8 code cache made at build time after a run of
-// `ebsmon --version`, so it holds every function start-up compiles (the cache
-// Node's own useCodeCache makes holds the top level only: measured 10% less
-// start-up, this one 17%).
+// `ebsmon --version`, so it holds every function start-up compiles, not only the
+// top level as the cache of Node's own "useCodeCache" does (make bench compares).
 //
 // V8 accepts a cache only under the V8 flags it was made with (otherwise
 // vm.Script sets cachedDataRejected, silently, and compiles from source), so
-// there is one cache per way the executable is run: with no flags (by hand),
-// and with NODE_OPTIONS=--max-semi-space-size=2 (the systemd units).
+// there is one cache per way the executable is run: by hand, with no flags, and
+// with the NODE_OPTIONS of each systemd unit.
 const vm = require('node:vm');
 
 const FILENAME = 'ebsmon.js';
 
-/** The asset name of the cache for the V8 flags in NODE_OPTIONS (packaging/sea.mjs makes both). */
+/** Asset name -> the V8 flags its cache is made and used under (sorted, space-separated). */
+const CACHES = {
+  'cache-default': '',
+  'cache-monitor': '--max-semi-space-size=2',
+  'cache-reporter': '--jitless',
+};
+
+/** The cache for the V8 flags in NODE_OPTIONS (other node options, like --require, do not matter). */
 function cacheAsset(nodeOptions) {
-  return (nodeOptions ?? '').split(/\s+/).includes('--max-semi-space-size=2') ? 'cache-semi2' : 'cache-default';
+  const flags = (nodeOptions ?? '').split(/\s+/).filter(token => /^--(jitless|max-semi-space-size|max-old-space-size)\b/.test(token)).sort().join(' ');
+  return Object.keys(CACHES).find(name => CACHES[name] === flags);
 }
 
 /** The bundle as Node's CommonJS loader would wrap it. */
@@ -31,15 +38,16 @@ function run(script, requireBuiltin) {
 
 const sea = require('node:sea');
 if (sea.isSea()) {
+  const asset = cacheAsset(process.env.NODE_OPTIONS);
   let cache;
   try {
-    cache = Buffer.from(sea.getRawAsset(cacheAsset(process.env.NODE_OPTIONS)));
+    cache = asset === undefined ? undefined : Buffer.from(sea.getRawAsset(asset));
   } catch {
     // A build without caches: compile from source.
   }
   // require here loads built-in modules only, which is all the bundle asks for.
   run(compile(sea.getAsset(FILENAME, 'utf8'), cache), require);
-} else {
+} else if (require.main === module) {
   // At build time, under plain node with the flags of one cache (packaging/sea.mjs):
   // node [V8 flags] sea-main.cjs BUNDLE CACHE runs `ebsmon --version` and writes the cache.
   const fs = require('node:fs');
@@ -48,4 +56,6 @@ if (sea.isSea()) {
   process.argv = [process.execPath, process.execPath, '--version'];
   process.on('exit', () => fs.writeFileSync(out, script.createCachedData()));
   run(script, require);
+} else {
+  module.exports = {CACHES, cacheAsset};
 }

@@ -3,8 +3,12 @@
 // the bundle and its code caches injected by postject).
 import {spawnSync} from 'node:child_process';
 import fs from 'node:fs';
+import {createRequire} from 'node:module';
 import path from 'node:path';
 import {inject} from 'postject';
+
+// Each cache is made, and must be used, under exactly its V8 flags.
+const {CACHES} = createRequire(import.meta.url)('./sea-main.cjs');
 
 const root = path.resolve(import.meta.dirname, '..');
 const work = path.join(root, 'dist', 'sea');
@@ -12,8 +16,6 @@ const output = path.join(root, 'dist', 'ebsmon-linux-x64');
 const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
 // Node's documented fuse: postject flips it so this node runs the blob instead of its own CLI.
 const FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
-// Each cache is made, and must be used, under exactly these V8 flags (see sea-main.cjs).
-const CACHES = {'cache-default': [], 'cache-semi2': ['--max-semi-space-size=2']};
 
 function run(argv, options = {}) {
   const result = spawnSync(argv[0], argv.slice(1), {encoding: 'utf8', cwd: root, ...options});
@@ -29,11 +31,13 @@ const bundle = path.join(work, 'ebsmon.js');
 // A clean environment: a NODE_OPTIONS of the caller's would change the flags a cache is made under.
 const env = {PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C'};
 const assets = {'ebsmon.js': bundle};
-for (const [name, flags] of Object.entries(CACHES)) {
+for (const [name, text] of Object.entries(CACHES)) {
   const file = path.join(work, `${name}.bin`);
+  const flags = text.split(' ').filter(Boolean);
+  // --jitless makes V8 say it turns WebAssembly off; that is all it prints.
   const printed = run([process.execPath, ...flags, path.join(root, 'packaging', 'sea-main.cjs'), bundle, file], {env});
   if (printed.trim() !== pkg.version)
-    throw new Error(`the bundle under ${flags.join(' ') || 'no flags'} printed ${JSON.stringify(printed)}, not its version`);
+    throw new Error(`the bundle under ${text || 'no flags'} printed ${JSON.stringify(printed)}, not its version`);
   assets[name] = file;
 }
 
@@ -51,10 +55,11 @@ fs.writeFileSync(config, `${JSON.stringify({
 run([process.execPath, '--experimental-sea-config', config], {env});
 
 // Stripped before injection (postject adds a note the strip would not keep): 99 -> 86 MB.
+// .comment holds only compiler version strings.
 const binary = path.join(work, 'ebsmon');
 fs.copyFileSync(process.execPath, binary);
 fs.chmodSync(binary, 0o755);
-run(['strip', '--strip-all', binary]);
+run(['strip', '--strip-all', '--remove-section=.comment', binary]);
 // postject's ELF writer warns about section names it cannot place; the result runs (checked below).
 const warn = console.warn;
 console.warn = () => {};

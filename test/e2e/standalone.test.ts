@@ -122,7 +122,7 @@ describe('the standalone executable (make release) on a host without Node', {ski
     assert.equal(noNode.called(), calledBefore, 'nothing called node');
   });
 
-  it('takes the V8 flag of the units from NODE_OPTIONS (a 2 MB semi-space) and its code cache with or without it', async (t: TestContext) => {
+  it('takes the units\' V8 flags from NODE_OPTIONS (the monitor\'s 2 MB semi-space) and has a code cache for each unit and for none', async (t: TestContext) => {
     requireRoot(t);
     const probe = (nodeOptions: string) => {
       const out = path.join(dir, `probe-${nodeOptions.length}.json`);
@@ -130,11 +130,15 @@ describe('the standalone executable (make release) on a host without Node', {ski
       return JSON.parse(fs.readFileSync(out, 'utf8')) as {cache: {bytes: number, rejected: boolean}, newSpaceBytes: number};
     };
     const plain = probe('');
-    const units = probe('--max-semi-space-size=2');
-    assert.ok(plain.cache.bytes > 100_000 && !plain.cache.rejected, JSON.stringify(plain));
-    assert.ok(units.cache.bytes > 100_000 && !units.cache.rejected, JSON.stringify(units));
+    const monitor = probe('--max-semi-space-size=2');
+    const reporter = probe('--jitless');
+    for (const seen of [plain, monitor, reporter])
+      assert.ok(seen.cache.bytes > 100_000 && !seen.cache.rejected, JSON.stringify(seen));
     // new_space is two semi-spaces: at most 2 x 2 MB with the flag; V8 grows it to 32 MB without.
-    assert.ok(units.newSpaceBytes <= 4 * 2 ** 20, JSON.stringify(units));
+    assert.ok(monitor.newSpaceBytes <= 4 * 2 ** 20, JSON.stringify(monitor));
     assert.ok(plain.newSpaceBytes >= 16 * 2 ** 20, JSON.stringify(plain));
+    // The flags the units pass are the ones the caches were made for.
+    for (const [unit, flags] of [['ebsmon-monitor.service', '--max-semi-space-size=2'], ['ebsmon-report@.service', '--jitless']] as const)
+      assert.match(fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', unit), 'utf8'), new RegExp(`^Environment=NODE_OPTIONS=${flags}$`, 'm'), unit);
   });
 });
