@@ -15,6 +15,7 @@ import {freezeThawCycles} from './cycles';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
 import {falseFenceSoak} from './soak';
+import {standaloneFigures} from './standalone';
 import {cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
 
 const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
@@ -277,6 +278,7 @@ async function main(): Promise<void> {
       ['latency', () => packetPathLatency(dir, teardown)],
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
       ['soak', () => falseFenceSoak(dir, teardown, seconds('BENCH_SOAK_SECONDS', 300))],
+      ['standalone', () => standaloneFigures(dir, teardown, seconds('BENCH_STANDALONE_SECONDS', 60))],
     ];
     for (const [name, step] of steps) {
       if (only.length === 0 || only.includes(name))
