@@ -22,7 +22,7 @@ const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 /** How a role is started: the bundle as npm installs it, or the standalone executable as its unit runs it. */
 type Build = {label: string, bin: Array<string>, nodeOptions?: string};
 const MONITOR_UNIT_OPTIONS = '--max-semi-space-size=2';
-const REPORTER_UNIT_OPTIONS = '--jitless';
+const REPORTER_UNIT_OPTIONS = '--jitless --max-semi-space-size=1';
 const bundle: Build = {label: 'bundle', bin: [EBSMON]};
 const standalone = (nodeOptions?: string): Build => ({label: nodeOptions === undefined ? 'standalone' : `standalone, NODE_OPTIONS=${nodeOptions || '(none)'}`, bin: [STANDALONE], nodeOptions});
 const envOf = (build: Build, extra: Record<string, string> = {}) => scrubbedEnv({...(build.nodeOptions === undefined || build.nodeOptions === '' ? {} : {NODE_OPTIONS: build.nodeOptions}), ...extra});
@@ -229,7 +229,7 @@ export async function standaloneFigures(dir: string, teardown: Teardown, seconds
   out.reporterStartupMs = {bundle: await reporterStartup(disk, bundle, 5), standalone: await reporterStartup(disk, standalone(REPORTER_UNIT_OPTIONS), 5)};
 
   line(`reporter memory at --interval=1 over ${seconds} s (medians of one sample a second)`, '');
-  const settings = ['', '--max-semi-space-size=2', '--max-semi-space-size=1', REPORTER_UNIT_OPTIONS, `${REPORTER_UNIT_OPTIONS} --max-semi-space-size=1`];
+  const settings = ['', '--max-semi-space-size=2', '--max-semi-space-size=1', '--jitless', REPORTER_UNIT_OPTIONS];
   const reporter: Record<string, unknown> = {bundle: await reporterMemory(disk, bundle, seconds)};
   for (const setting of settings)
     reporter[`standalone ${setting || '(no flags)'}`] = await reporterMemory(disk, standalone(setting), seconds);
@@ -250,9 +250,9 @@ export async function standaloneFigures(dir: string, teardown: Teardown, seconds
     standalone: await fiveServices(rig, base, standalone(MONITOR_UNIT_OPTIONS), standalone(REPORTER_UNIT_OPTIONS), Math.min(seconds, 30)),
   };
   out.busyMonitorRssMaxMb = {
-    bundle: await busyMonitor(rig, base, bundle, Math.min(seconds, 30)),
-    standaloneUnitFlags: await busyMonitor(rig, base, standalone(MONITOR_UNIT_OPTIONS), Math.min(seconds, 30)),
-    standaloneNoFlags: await busyMonitor(rig, base, standalone(''), Math.min(seconds, 30)),
+    bundle: await busyMonitor(rig, base, bundle, seconds),
+    standaloneUnitFlags: await busyMonitor(rig, base, standalone(MONITOR_UNIT_OPTIONS), seconds),
+    standaloneNoFlags: await busyMonitor(rig, base, standalone(''), seconds),
   };
   results.standalone = out;
 }

@@ -17,7 +17,7 @@ const FILENAME = 'ebsmon.js';
 const CACHES = {
   'cache-default': '',
   'cache-monitor': '--max-semi-space-size=2',
-  'cache-reporter': '--jitless',
+  'cache-reporter': '--jitless --max-semi-space-size=1',
 };
 
 /** The cache for the V8 flags in NODE_OPTIONS (other node options, like --require, do not matter). */
