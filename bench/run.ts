@@ -14,6 +14,7 @@ import {LoopVolume, Teardown, createNetRig, waitFor} from '../test/helpers/rig';
 import {freezeThawCycles} from './cycles';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
+import {recordCycle} from './picture';
 import {falseFenceSoak} from './soak';
 import {standaloneFigures} from './standalone';
 import {cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
@@ -279,6 +280,7 @@ async function main(): Promise<void> {
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
       ['soak', () => falseFenceSoak(dir, teardown, seconds('BENCH_SOAK_SECONDS', 300))],
       ['standalone', () => standaloneFigures(dir, teardown, seconds('BENCH_STANDALONE_SECONDS', 60))],
+      ['picture', () => recordCycle(volume, dir, teardown)],
     ];
     for (const [name, step] of steps) {
       if (only.length === 0 || only.includes(name))
