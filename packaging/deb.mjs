@@ -50,13 +50,11 @@ put('etc/logrotate.d/ebsmon', from('contrib/logrotate/ebsmon'));
 
 const doc = 'usr/share/doc/ebsmon';
 put(`${doc}/README.md`, from('README.md'));
-if (fs.existsSync(path.join(root, 'docs', 'design.md')))
-  put(`${doc}/design.md`, from('docs/design.md'));
+put(`${doc}/design.md`, from('docs/design.md'));
 put(`${doc}/copyright`, from('packaging/debian/copyright'));
 put(`${doc}/examples/report-mysql.env`, from('contrib/config/report-mysql.env'));
 put(`${doc}/examples/ebsmon-report@mysql.service.d/mounts.conf`, from('contrib/systemd/ebsmon-report@mysql.service.d/mounts.conf'));
-if (fs.existsSync(path.join(root, 'contrib', 'prometheus', 'ebsmon-rules.yml')))
-  put(`${doc}/examples/prometheus/ebsmon-rules.yml`, from('contrib/prometheus/ebsmon-rules.yml'));
+put(`${doc}/examples/prometheus/ebsmon-rules.yml`, from('contrib/prometheus/ebsmon-rules.yml'));
 const date = new Date(epoch * 1000).toUTCString().replace('GMT', '+0000');
 put(`${doc}/changelog.gz`, gzip(`${name} (${pkg.version}) unstable; urgency=medium\n\n  * Release ${pkg.version}: see README.md.\n\n -- ${maintainer}  ${date}\n`));
 

@@ -81,7 +81,8 @@ describe('the Debian package (make deb) on a fresh Debian 12 root without Node',
     requireRoot(t);
     const contents = sh(['dpkg-deb', '--contents', DEB]);
     for (const file of ['./usr/bin/ebsmon', './lib/systemd/system/ebsmon-monitor.service', './lib/systemd/system/ebsmon-report@.service', './etc/ebsmon/monitor.env',
-      './etc/logrotate.d/ebsmon', './usr/share/man/man1/ebsmon.1.gz', './usr/share/doc/ebsmon/README.md', './usr/share/doc/ebsmon/copyright', './usr/share/doc/ebsmon/changelog.gz'])
+      './etc/logrotate.d/ebsmon', './usr/share/man/man1/ebsmon.1.gz', './usr/share/doc/ebsmon/README.md', './usr/share/doc/ebsmon/design.md', './usr/share/doc/ebsmon/copyright', './usr/share/doc/ebsmon/changelog.gz',
+      './usr/share/doc/ebsmon/examples/prometheus/ebsmon-rules.yml', './usr/share/doc/ebsmon/examples/report-mysql.env'])
       assert.match(contents, new RegExp(` ${file.replace(/[.@]/g, '\\$&')}\\n`), file);
     assert.match(contents, /^-rwxr-xr-x root\/root .* \.\/usr\/bin\/ebsmon$/m);
     assert.equal(sh(['dpkg-deb', '--info', DEB, 'conffiles']), '/etc/ebsmon/monitor.env\n/etc/logrotate.d/ebsmon\n');
