@@ -6,16 +6,7 @@ import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {ebsmonOnce} from '../helpers/proc';
-import {EBSMON, ROOT, Teardown, isRoot, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+import {EBSMON, ROOT, Teardown, isAlive as alive, isRoot, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
 
 describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
   let dir: string;

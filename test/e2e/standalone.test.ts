@@ -9,20 +9,11 @@ import {dir as tmpDir} from 'tmp-promise';
 import {fencedFor} from '../helpers/firewall';
 import {NoNode, STANDALONE} from '../helpers/nonode';
 import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, scrubbedEnv, tcpTry} from '../helpers/proc';
-import {LoopVolume, ROOT, Teardown, createNetRig, isRoot, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
+import {LoopVolume, ROOT, Teardown, createNetRig, isAlive as alive, isRoot, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 
 const PORT = 7300;
 const VERSION = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {version: string}).version;
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe('the standalone executable (make release) on a host without Node', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
   let dir: string;
@@ -31,7 +22,6 @@ describe('the standalone executable (make release) on a host without Node', {ski
   let noNode: NoNode;
   let rig: NetRig;
   let volume: LoopVolume;
-  const procs: Array<Proc> = [];
 
   before(async () => {
     assert.ok(fs.existsSync(STANDALONE), `${STANDALONE} is built by make release (make test builds it)`);
@@ -43,10 +33,8 @@ describe('the standalone executable (make release) on a host without Node', {ski
     fs.mkdirSync(path.join(volume.mountpoint, 'db'));
   });
 
+  // The teardown thaws the volume before anything else; each test stops what it started.
   after(async () => {
-    volume?.thaw();
-    for (const proc of procs.reverse())
-      await proc.stop();
     teardown?.dispose();
     await cleanupDir?.();
   });
@@ -75,28 +63,30 @@ describe('the standalone executable (make release) on a host without Node', {ski
     const stateDir = path.join(dir, 'run');
     const fifo = path.join(stateDir, 'ebsmon.fifo');
     const server = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
-    procs.push(server);
-    await waitFor('the server', () => server.stdout.includes('listening'));
     const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=2', '--recover=2', '--log-format=json'], {ns: rig.srv, bin: bin()});
-    procs.push(monitor);
-    await waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
-    assert.ok(monitor.logs().some(l => /firewall: nftables/.test(String(l.message))), monitor.stderr);
-    const reporter = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'db')}`, `--ports=${PORT}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.5'], {bin: bin()});
-    procs.push(reporter);
-    await waitFor('healthy', () => reporterIn(stateDir, 'db')?.state === 'healthy');
-    assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok');
-
-    volume.freeze();
+    let reporter: Proc | undefined;
     try {
-      await waitFor('the fence in the kernel', () => fencedFor('nftables', rig.srv, 'db', PORT));
-      assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'refused');
+      await waitFor('the server', () => server.stdout.includes('listening'));
+      await waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
+      assert.ok(monitor.logs().some(l => /firewall: nftables/.test(String(l.message))), monitor.stderr);
+      reporter = ebsmon(['report', `--monitor=${path.join(volume.mountpoint, 'db')}`, `--ports=${PORT}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.5'], {bin: bin()});
+      await waitFor('healthy', () => reporterIn(stateDir, 'db')?.state === 'healthy');
+      assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok');
+
+      volume.freeze();
+      try {
+        await waitFor('the fence in the kernel', () => fencedFor('nftables', rig.srv, 'db', PORT));
+        assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'refused');
+      } finally {
+        volume.thaw();
+      }
+      await waitFor('healthy again', () => reporterIn(stateDir, 'db')?.state === 'healthy');
+      await waitFor('the port open again', async () => await tcpTry(rig.cli, rig.srvV4, PORT) === 'ok');
     } finally {
-      volume.thaw();
+      await reporter?.stop();
+      await monitor.stop();
+      await server.stop();
     }
-    await waitFor('healthy again', () => reporterIn(stateDir, 'db')?.state === 'healthy');
-    await waitFor('the port open again', async () => await tcpTry(rig.cli, rig.srvV4, PORT) === 'ok');
-    await reporter.stop();
-    await monitor.stop();
     assert.equal(monitor.exitCode, 0, monitor.stderr);
     assert.equal(noNode.called(), calledBefore, 'nothing called node');
   });

@@ -185,6 +185,16 @@ export function inNs(ns: string, argv: Array<string>): Array<string> {
   return ['ip', 'netns', 'exec', ns, ...argv];
 }
 
+/** Whether a process with this pid exists (kill -0). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The state letter of a process (R, S, D, T, Z...), or null when there is none. */
 export function processState(pid: number): string | null {
   try {
