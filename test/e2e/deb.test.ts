@@ -97,7 +97,7 @@ describe('the Debian package (make deb) on a fresh Debian 12 root without Node',
       assert.match(man, new RegExp(`^\\.SS "ebsmon ${verb}"$`, 'm'), `the man page has ${verb}`);
   });
 
-  it('installs on a fresh debootstrap root, runs a monitor and a reporter by the README\'s systemd steps, and purges to nothing', async (t: TestContext) => {
+  it('installs on a fresh debootstrap root, runs a monitor and a reporter by the README\'s systemd steps, restarts both on an upgrade, and purges to nothing', async (t: TestContext) => {
     requireRoot(t);
     // Debian 12 as an operator's server has it (systemd as init, nftables, iproute2, netbase), and no Node.
     await run(['debootstrap', '--variant=minbase', '--include=systemd,nftables,iproute2,netbase', 'bookworm', root, MIRROR], 'debootstrap');
@@ -138,6 +138,17 @@ describe('the Debian package (make deb) on a fresh Debian 12 root without Node',
     const journal = inside(['journalctl', '--no-pager', '-u', 'ebsmon-monitor.service']);
     assert.match(journal, /monitor running/);
     assert.doesNotMatch(journal, /changed behind its back/);
+
+    // An upgrade (the same version again) restarts both; the reporter stays unfenced.
+    const mainPid = (unit: string) => inside(['systemctl', 'show', '--property=MainPID', '--value', unit]).trim();
+    const before1 = [mainPid('ebsmon-monitor.service'), mainPid('ebsmon-report@mysql.service')];
+    inside(['dpkg', '-i', '/root/ebsmon.deb']);
+    const after1 = [mainPid('ebsmon-monitor.service'), mainPid('ebsmon-report@mysql.service')];
+    assert.ok(after1[0] !== before1[0] && after1[1] !== before1[1] && !after1.includes('0'), `restarted: ${before1.join(',')} -> ${after1.join(',')}`);
+    await waitFor('healthy after the upgrade', () => {
+      const text = inside(['ebsmon', 'status', '--json'], {allowFail: true});
+      return text !== '' && (JSON.parse(text) as Status).reporters.some(r => r.name === 'mysql' && r.state === 'healthy' && (r as {fenceCount?: number}).fenceCount === 0);
+    });
 
     inside(['dpkg', '--purge', 'ebsmon']);
     assert.equal(inside(['systemctl', 'is-active', 'ebsmon-monitor.service', 'ebsmon-report@mysql.service'], {allowFail: true}), 'inactive\ninactive\n');
