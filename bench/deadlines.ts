@@ -95,9 +95,9 @@ export async function hungDiskCycles(dir: string, teardown: Teardown, cycles = 5
   }
 }
 
-const beat = (name: string, port: number, sentAt = Date.now()) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt, probeMs: 1});
+export const beat = (name: string, port: number, sentAt = Date.now()) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt, probeMs: 1});
 
-async function send(writer: FifoWriter, line: Buffer): Promise<void> {
+export async function send(writer: FifoWriter, line: Buffer): Promise<void> {
   while (!writer.send(line).ok)
     await new Promise(resolve => setImmediate(resolve));
 }
@@ -162,7 +162,7 @@ export async function manyAtOnce(dir: string, teardown: Teardown, n = 1000, runs
 }
 
 /** A tmpfs for a monitor's state directory, as /run is. */
-function tmpfs(dir: string, teardown: Teardown): string {
+export function tmpfs(dir: string, teardown: Teardown): string {
   fs.mkdirSync(dir, {recursive: true});
   sh(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', dir]);
   teardown.add(['umount', '-l', dir]);

@@ -14,7 +14,9 @@ import {LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/helpers/r
 import {freezeThawCycles} from './cycles';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency, treeTicks} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
-import {soak} from './soak';
+import {recordCycle} from './picture';
+import {soak, soakOptions} from './soak';
+import {standaloneFigures} from './standalone';
 import {cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
 
 const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
@@ -320,7 +322,10 @@ async function main(): Promise<void> {
       ['latency', () => packetPathLatency(dir, teardown)],
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
       ['verdicts', () => verdictsCost(volume, dir)],
-      ['soak', () => soak(dir, teardown)],
+      // make soak (BENCH_ONLY=soak) runs SOAK_SECONDS, 600 by default; a whole make bench, 300 unless SOAK_SECONDS says.
+      ['soak', () => soak(dir, teardown, soakOptions(only.length === 0 ? {SOAK_SECONDS: '300', ...process.env} : process.env))],
+      ['standalone', () => standaloneFigures(dir, teardown, seconds('BENCH_STANDALONE_SECONDS', 60))],
+      ['picture', () => recordCycle(volume, dir, teardown)],
     ];
     for (const [name, step] of steps) {
       if (only.length === 0 || only.includes(name))

@@ -26,3 +26,22 @@ export const cpuTicks = (pid: number, {children = false}: {children?: boolean} =
   return Number(fields[11]) + Number(fields[12]) + (children ? Number(fields[13]) + Number(fields[14]) : 0);
 };
 
+
+/** Proportional set size: shared pages (the executable's code, mapped by every process of it) divided among their users. */
+export const pssKb = (pid: number) => Number(/^Pss:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
+/** Anonymous memory (heaps, stacks): what no other process can share. */
+export const anonKb = (pid: number) => Number(/RssAnon:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+/** Resident pages of the process's own executable file (node, or the standalone executable). */
+export const exeKb = (pid: number) => {
+  const exe = fs.readlinkSync(`/proc/${pid}/exe`);
+  let inExe = false;
+  let kb = 0;
+  for (const text of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const mapping = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s+(.*)$/.exec(text);
+    if (mapping !== null)
+      inExe = mapping[1] === exe;
+    else if (inExe && text.startsWith('Rss:'))
+      kb += Number(/\d+/.exec(text)?.[0] ?? 0);
+  }
+  return kb;
+};

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import {isSea} from 'node:sea';
 
 import {EbsmonError} from '../errors';
 import {spawnDetached} from '../spawn';
@@ -24,8 +25,11 @@ export async function daemonize(args: ReadonlyArray<string>, {logfile}: {logfile
     throw new DaemonStartError('cannot find the ebsmon script to re-run');
   const childArgs = args.filter(arg => arg !== '--daemonize');
   const out = logfile === undefined ? 'ignore' : fs.openSync(logfile, 'a', 0o640);
-  // execArgv: the V8 flags of the shebang line (a small young generation) carry over.
-  const child = spawnDetached([process.execPath, ...process.execArgv, script, ...childArgs], {
+  // The bundle: node, the V8 flags of its shebang line (a small young generation), the script.
+  // The standalone executable is the program itself (its argv[1] is only how it was called);
+  // its V8 flags come from NODE_OPTIONS, which the environment carries over.
+  const argv = isSea() ? [process.execPath, ...childArgs] : [process.execPath, ...process.execArgv, script, ...childArgs];
+  const child = spawnDetached(argv, {
     stdio: ['ignore', out, out, 'pipe'],
     env: {...process.env, [READY_FD_ENV]: '3'},
   });

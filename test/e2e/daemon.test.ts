@@ -78,7 +78,7 @@ describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {
     const units = path.join(dir, 'units');
     fs.mkdirSync(units);
     for (const unit of ['ebsmon-monitor.service', 'ebsmon-report@.service'])
-      fs.writeFileSync(path.join(units, unit), fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', unit), 'utf8').replaceAll('/usr/local/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units));
+      fs.writeFileSync(path.join(units, unit), fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', unit), 'utf8').replaceAll('/usr/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units));
     fs.writeFileSync(path.join(units, 'report-mysql.env'), 'MONITOR=/var/lib/mysql\nPORTS=3306\n');
     fs.copyFileSync(path.join(units, 'ebsmon-report@.service'), path.join(units, 'ebsmon-report@mysql.service'));
     const out = sh(['systemd-analyze', 'verify', '--man=no', path.join(units, 'ebsmon-monitor.service'), path.join(units, 'ebsmon-report@mysql.service')], {allowFail: true});
@@ -87,12 +87,19 @@ describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {
     assert.doesNotMatch(result.replace(/.*(Failed to load|Cannot add dependency|not found).*ebsmon-monitor.service.*\n?/g, ''), /ebsmon.*(Unknown|error|invalid)/i);
   });
 
-  it('packs into a tarball whose global install gives a working ebsmon', async () => {
+  it('packs into a self-contained tarball: a global install with no network at all gives a working ebsmon and nothing else', async (t: TestContext) => {
+    requireRoot(t);
     const pack = path.join(dir, 'pack');
     const prefix = path.join(dir, 'prefix');
     fs.mkdirSync(pack);
     const name = sh(['npm', 'pack', '--silent', '--pack-destination', pack], {}).trim().split('\n').pop()!;
-    sh(['npm', 'install', '-g', '--silent', '--no-audit', '--no-fund', '--prefix', prefix, path.join(pack, name)]);
+    // A network namespace of its own (only a loopback that is down) and an empty cache:
+    // a package that needed anything from the registry could not install.
+    sh(['unshare', '--net', 'npm', 'install', '-g', '--silent', '--no-audit', '--no-fund', '--no-update-notifier',
+      '--registry=http://127.0.0.1:9/', '--fetch-retries=0', `--cache=${path.join(dir, 'npm-cache')}`, '--prefix', prefix, path.join(pack, name)]);
+    const installed = path.join(prefix, 'lib', 'node_modules');
+    assert.deepEqual(fs.readdirSync(installed), ['ebsmon']);
+    assert.equal(fs.existsSync(path.join(installed, 'ebsmon', 'node_modules')), false, 'no dependency is installed: the bundle has them all');
     const bin = path.join(prefix, 'bin', 'ebsmon');
     assert.match(sh([bin, '--version']), /^\d+\.\d+\.\d+\n$/);
     assert.match(sh([bin, 'status', '--help']), /ebsmon status/);

@@ -71,12 +71,15 @@ export function scrubbedEnv(extra: Record<string, string> = {}): NodeJS.ProcessE
   return {PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8', ...extra};
 }
 
-/** `user`: run as nobody, from a copy of the bundle it can read (a clone may sit in a private directory). */
-type RunAs = {ns?: string, env?: NodeJS.ProcessEnv, user?: {name: 'nobody', bundle: string}};
+/**
+ * `user`: run as nobody, from a copy of the bundle it can read (a clone may sit in a private directory).
+ * `bin`: the command to run instead of the bundle (the standalone executable, maybe wrapped).
+ */
+type RunAs = {ns?: string, env?: NodeJS.ProcessEnv, user?: {name: 'nobody', bundle: string}, bin?: ReadonlyArray<string>};
 
-export function ebsmon(args: Array<string>, {ns, env, user}: RunAs = {}): Proc {
+export function ebsmon(args: Array<string>, {ns, env, user, bin}: RunAs = {}): Proc {
   // Run as an operator does: the bundle itself, so its shebang's node flags apply.
-  const own = [user?.bundle ?? EBSMON, ...args];
+  const own = [...(bin ?? [user?.bundle ?? EBSMON]), ...args];
   const argv = user === undefined ? own : ['setpriv', `--reuid=${user.name}`, '--regid=nogroup', '--clear-groups', '--', ...own];
   const full = ns === undefined ? argv : inNs(ns, argv);
   return new Proc(spawn(full[0]!, full.slice(1), {stdio: ['ignore', 'pipe', 'pipe'], env: env ?? scrubbedEnv()}));
