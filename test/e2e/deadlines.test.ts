@@ -152,7 +152,9 @@ describe('nftables: the kernel holds every deadline', {skip: !isRoot && (process
     // Longer than --timeout with no monitor and no heartbeats: a stopped monitor does not fence.
     const until = Date.now() + 3_000;
     await waitFor('past --timeout', () => Date.now() > until, 10_000, 100);
-    assert.deepEqual(seen(watch).map(s => s.state), ['ok']);
+    // A fence answers with a reset (refused); a connect that times out is the listen backlog of a loaded machine.
+    const states = seen(watch).map(s => s.state);
+    assert.ok(!states.includes('refused'), `never refused: ${states.join(',')}`);
 
     const second = monitor(stateDir);
     await ready(second);

@@ -270,7 +270,7 @@ describe('ebsmon report: planted files, mount pinning, several paths', {skip: !i
     const units = path.join(dir, 'units');
     const dropins = path.join(units, 'ebsmon-report@mysql.service.d');
     fs.mkdirSync(dropins, {recursive: true});
-    const unit = fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', 'ebsmon-report@.service'), 'utf8').replaceAll('/usr/local/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units);
+    const unit = fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', 'ebsmon-report@.service'), 'utf8').replaceAll('/usr/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units);
     fs.writeFileSync(path.join(units, 'ebsmon-report@mysql.service'), unit);
     fs.writeFileSync(path.join(units, 'report-mysql.env'), 'MONITOR=/var/lib/mysql\nPORTS=3306\nARGS=--monitor=/var/lib/mysql-binlog --require-mount\n');
     const dropin = path.join(dropins, 'mounts.conf');
