@@ -33,5 +33,8 @@ export const portListArg = fromString('ports 1-65535 separated by commas, e.g. 8
 export const protectPortsArg = fromString('ports 1-65535 separated by commas, or an empty list', text => (text.trim() === '' ? [] : parseList(text)), t.isArray(isPort));
 export const nameArg = fromString('1-64 characters of A-Z a-z 0-9 . _ -', text => text, isName);
 export const logLevelArg = t.isEnum(LOG_LEVELS);
-export const firewallArg = t.isEnum(['auto', 'nftables', 'iptables'] as const);
+/** --firewall: auto is nftables where nft works, else iptables. */
+export const FIREWALL_CHOICES = ['auto', 'nftables', 'iptables'] as const;
+export type FirewallChoice = typeof FIREWALL_CHOICES[number];
+export const firewallArg = t.isEnum(FIREWALL_CHOICES);
 export const logFormatArg = t.isEnum(LOG_FORMATS);

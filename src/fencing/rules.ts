@@ -57,7 +57,6 @@ export const HOOKS = [
 type Hook = typeof HOOKS[number];
 
 const jumpSpec = (hook: Hook) => `-m comment --comment ${JUMP_COMMENT} -j ${hook.chain}`;
-export const JUMP_RULE_SPEC = jumpSpec(HOOKS[0]);
 
 export type HookState = {
   chainExists: boolean;

@@ -9,6 +9,7 @@ import {LineDecoder} from '../heartbeat';
 import type {Message} from '../heartbeat';
 import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
+import type {FirewallChoice} from '../options';
 import {mountOf, readMountTable} from '../probe';
 import {SpawnHelper} from '../spawn';
 import {METRICS_FILE, SNAPSHOT_VERSION, copyAtomicAsync, emptyRejections, readSnapshot, renderMetricsTo, writeAtomicChunks, writeSnapshot} from '../state';
@@ -18,9 +19,6 @@ import {Applier} from './applier';
 import {SideEffects} from './effects';
 import {Registry, systemClock} from './registry';
 import type {Transition} from './registry';
-
-export const FIREWALL_CHOICES = ['auto', 'nftables', 'iptables'] as const;
-export type FirewallChoice = typeof FIREWALL_CHOICES[number];
 
 export type MonitorOptions = {
   fifo: string;
