@@ -2,7 +2,7 @@ import type {Logger} from '../log';
 import {describeRun} from './firewall';
 import type {ApplyResult, DesiredReporter, Firewall, KernelView, Runner} from './firewall';
 import {FAMILIES, fencesByName, jumpIsInPlace, matchesDesired, parseSave, removeAllText, restoreArgv, restoreText, saveArgv} from './rules';
-import type {ChainState, Family, Fence} from './rules';
+import type {ChainState, Family, Fence, HookState} from './rules';
 
 /** A firewall tool that takes longer than this is treated as failed and retried. */
 export const TOOL_DEADLINE_MS = 8_000;
@@ -88,8 +88,10 @@ export class IptablesFirewall implements Firewall {
     for (const family of this.families) {
       const failure = await restore(this.run, family, restoreText(fences, this.known.get(family) ?? null));
       if (failure === null) {
-        const hook = () => ({chainExists: true, jumpPositions: [0], fences: fences.flatMap(f => f.ports.map(port => ({name: f.name, port}))), strangers: 0});
-        this.known.set(family, {...hook(), forward: hook()});
+        // Both chains now hold the same fences, each behind its one jump at position 1.
+        const rules = fences.flatMap(f => f.ports.map(port => ({name: f.name, port})));
+        const written = (): HookState => ({chainExists: true, jumpPositions: [0], fences: [...rules], strangers: 0});
+        this.known.set(family, {...written(), forward: written()});
       } else {
         // Unknown kernel state after a failure: read it again before the next try.
         failures.push(failure);
@@ -145,12 +147,13 @@ export async function removeIptablesWithoutMonitor(run: Runner, name: string | n
       failures.push(state);
       continue;
     }
-    present = present || state.chainExists || state.jumpPositions.length > 0 || state.forward.chainExists || state.forward.jumpPositions.length > 0;
+    const ours = [state, state.forward].some(hook => hook.chainExists || hook.jumpPositions.length > 0);
+    present ||= ours;
     let text: string | null;
     let count: number;
     if (name === null) {
       count = state.fences.length;
-      text = state.chainExists || state.jumpPositions.length > 0 || state.forward.chainExists || state.forward.jumpPositions.length > 0 ? removeAllText(state) : null;
+      text = ours ? removeAllText(state) : null;
     } else {
       const keep = fencesByName(state);
       keep.delete(name);
