@@ -107,9 +107,17 @@ describe('the Debian package (make deb) on a fresh Debian 12 root without Node',
     // writes is the container's, and nothing is registered with a systemd on this host.
     container = new Proc(spawn('systemd-nspawn', ['--quiet', '--register=no', '--keep-unit', '--private-network', '--console=pipe', `--directory=${root}`, '--boot'], {stdio: ['ignore', 'pipe', 'pipe'], env: CLEAN_ENV}));
     const nspawn = container;
+    // nspawn's first child is an intermediate process that forks the container's init and exits:
+    // the leader is the child that is pid 1 in its own pid namespace.
     leader = await waitFor('the container\'s init', () => {
-      const children = fs.readFileSync(`/proc/${nspawn.pid}/task/${nspawn.pid}/children`, 'utf8').trim();
-      return children === '' ? null : Number(children.split(' ')[0]);
+      const children = fs.readFileSync(`/proc/${nspawn.pid}/task/${nspawn.pid}/children`, 'utf8').trim().split(' ').filter(Boolean).map(Number);
+      return children.find(pid => {
+        try {
+          return /^NSpid:.*\t1$/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+        } catch {
+          return false;
+        }
+      }) ?? null;
     });
     await waitFor('the boot', () => /^(running|degraded)$/m.test(inside(['systemctl', 'is-system-running'], {allowFail: true})), 90_000, 100).catch((error: Error) => {
       throw new Error(`${error.message}; jobs: ${inside(['systemctl', 'list-jobs', '--no-pager'], {allowFail: true})}; console: ${nspawn.stdout.slice(-3000)}${nspawn.stderr.slice(-1000)}`);
