@@ -29,8 +29,12 @@ export type KernelView = {
 };
 
 export type ApplyResult =
-  | {ok: true, newlyFenced: Array<number>}
+  /** `earlyMs`: how much before its deadline an element written now may run out (a backend that holds deadlines; else 0). */
+  | {ok: true, newlyFenced: Array<number>, earlyMs: number}
   | {ok: false, detail: string};
+
+/** What a stop did with the ports it was asked to leave open: the ones whose deadline had already run out stay fenced. */
+export type ReleaseResult = {opened: Array<number>, expired: Array<number>} | {failed: string};
 
 /**
  * A firewall backend. The monitor's apply loop is its only caller and never
@@ -44,6 +48,13 @@ export interface Firewall {
   inspect(): Promise<KernelView | null>;
   /** Makes the kernel hold `desired`. Never throws; a failure is retried by the caller. */
   apply(desired: ReadonlyArray<DesiredReporter>): Promise<ApplyResult>;
+  /**
+   * A clean stop: these armed ports pass with no deadline from now on, but
+   * only those the kernel still holds alive when it commits; a port whose
+   * deadline has run out stays fenced (the kernel's word wins over the
+   * registry's). Called after the last apply, never concurrently with one.
+   */
+  release(ports: ReadonlyArray<number>): Promise<ReleaseResult>;
   /** Reads the kernel back; false when it no longer holds what was applied (the next apply repairs it). */
   check(): Promise<boolean>;
   /** The kernel may have changed behind our back (a table deleted, a new writer ready): check() it now. */

@@ -1,6 +1,6 @@
 import type {Logger} from '../log';
 import {describeRun} from './firewall';
-import type {ApplyResult, DesiredReporter, Firewall, KernelView, Runner} from './firewall';
+import type {ApplyResult, DesiredReporter, Firewall, KernelView, ReleaseResult, Runner} from './firewall';
 import {FAMILIES, fencesByName, jumpIsInPlace, matchesDesired, parseSave, removeAllText, restoreArgv, restoreText, saveArgv} from './rules';
 import type {ChainState, Family, Fence, HookState} from './rules';
 
@@ -82,7 +82,7 @@ export class IptablesFirewall implements Firewall {
       return state !== null && state !== undefined && jumpIsInPlace(state);
     });
     if (this.applied !== null && inPlace && sameFences(this.applied, fences))
-      return {ok: true, newlyFenced: []};
+      return {ok: true, newlyFenced: [], earlyMs: 0};
 
     const failures: Array<ToolFailure> = [];
     for (const family of this.families) {
@@ -105,7 +105,16 @@ export class IptablesFirewall implements Firewall {
     }
     const before = new Set((this.applied ?? []).flatMap(f => f.ports));
     this.applied = fences;
-    return {ok: true, newlyFenced: [...new Set(fences.flatMap(f => f.ports))].filter(port => !before.has(port))};
+    return {ok: true, newlyFenced: [...new Set(fences.flatMap(f => f.ports))].filter(port => !before.has(port)), earlyMs: 0};
+  }
+
+  /**
+   * No rule is a deadline here: a port is fenced only by a rule this monitor
+   * wrote, and the last apply (after the registry settled every deadline that
+   * had passed) wrote every fence there is.
+   */
+  async release(ports: ReadonlyArray<number>): Promise<ReleaseResult> {
+    return {opened: [...ports], expired: []};
   }
 
   async check(): Promise<boolean> {

@@ -133,6 +133,16 @@ export function changesTransaction(changes: Changes): string {
   return commands.join('; ');
 }
 
+/**
+ * Gives alive elements no timeout, atomically and only if every one of them
+ * is still alive when the kernel commits: the delete fails (ENOENT) for an
+ * element that has run out, and with it the whole transaction.
+ */
+export function releaseTransaction(ports: ReadonlyArray<number>): string {
+  const list = join(ports.map(String));
+  return `delete element ${TABLE} alive { ${list} }; add element ${TABLE} alive { ${list} }`;
+}
+
 export const LIST_TABLE = `list table ${TABLE}`;
 
 /** Element deadlines and comments as `nft list table` prints them. */

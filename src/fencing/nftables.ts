@@ -2,8 +2,8 @@ import type {Logger} from '../log';
 import {RateLimitedLog} from '../log';
 import type {SpawnHelper, StreamChild} from '../spawn';
 import {describeRun} from './firewall';
-import type {ApplyResult, DesiredReporter, Firewall, KernelView, Runner} from './firewall';
-import {CAPABILITY_PORT, LIST_TABLE, TABLE, changesTransaction, commentFor, deleteTableTransaction, emptyChanges, isEmpty, isMissing, isTableDeletion, parseTable, replaceTransaction} from './nft';
+import type {ApplyResult, DesiredReporter, Firewall, KernelView, ReleaseResult, Runner} from './firewall';
+import {CAPABILITY_PORT, LIST_TABLE, TABLE, changesTransaction, commentFor, deleteTableTransaction, emptyChanges, isEmpty, isMissing, isTableDeletion, parseTable, releaseTransaction, replaceTransaction} from './nft';
 import type {Changes, ListedTable, PortAlive, PortPlan} from './nft';
 
 /**
@@ -127,6 +127,12 @@ type Applied = {comment: string, alive: {kind: PortAlive['kind'], ms: number, un
 
 const DEFAULT_ACK_MS = 3_000;
 const JIFFY_SAFE_MS = 10;
+/**
+ * How early, besides a write's lead, an element can run out: a re-add within
+ * JIFFY_SAFE_MS of the last timeout is written that much short, and the
+ * kernel counts timeouts in jiffies (up to 10 ms each).
+ */
+const EARLY_MS = 2 * JIFFY_SAFE_MS;
 const START_DEADLINE_MS = 10_000;
 
 /**
@@ -279,7 +285,7 @@ export class NftablesFirewall implements Firewall {
     const now = performance.now();
     let {plan, line} = render(now);
     if (line === null)
-      return {ok: true, newlyFenced: []};
+      return {ok: true, newlyFenced: [], earlyMs: EARLY_MS};
     // The kernel starts a timeout when it commits, after nft has read and parsed the whole
     // line (about 1 µs a byte: libedit reads one byte at a time). For a large transaction,
     // write the time left as of then, or 1000 deadlines would land up to 50 ms late.
@@ -287,7 +293,7 @@ export class NftablesFirewall implements Firewall {
     if (lead >= 1)
       ({plan, line} = render(now + lead));
     if (line === null)
-      return {ok: true, newlyFenced: []};
+      return {ok: true, newlyFenced: [], earlyMs: EARLY_MS};
     const reply = await this.request(line);
     // The fastest recent rate: a slow answer says the machine was busy, not that nft got slower.
     if (reply.ok && line.length >= 2_000)
@@ -322,7 +328,53 @@ export class NftablesFirewall implements Firewall {
       if (!plan.has(port))
         this.applied.delete(port);
     this.replaceNext = false;
-    return {ok: true, newlyFenced};
+    // An element written with the time left as of now + lead runs out up to `lead` early if nft commits at once.
+    return {ok: true, newlyFenced, earlyMs: EARLY_MS + Math.max(0, lead)};
+  }
+
+  async release(ports: ReadonlyArray<number>): Promise<ReleaseResult> {
+    const opened: Array<number> = [];
+    const expired: Array<number> = [];
+    const attempt = async (batch: ReadonlyArray<number>): Promise<'ok' | 'expired' | {failed: string}> => {
+      if (batch.length === 0)
+        return 'ok';
+      const reply = await this.request(releaseTransaction(batch));
+      if (reply.ok) {
+        for (const port of batch) {
+          opened.push(port);
+          const entry = this.applied.get(port);
+          if (entry !== undefined) {
+            entry.alive.kind = 'open';
+            entry.alive.ms = 0;
+            entry.alive.until = 0;
+          }
+        }
+        return 'ok';
+      }
+      // The delete of an element that has run out fails with ENOENT, and the whole transaction with it.
+      return reply.failure === 'error' && isMissing(reply.output) ? 'expired' : {failed: reply.output.split('\n')[0] || reply.failure || 'failed'};
+    };
+    let result = await attempt(ports);
+    if (result === 'expired') {
+      // Some deadline ran out: the ones the kernel still holds alive go in one more transaction, then one at a time.
+      const listed = await this.read();
+      if (typeof listed !== 'object')
+        return {failed: `cannot read table inet ebsmon back (${listed})`};
+      const alive = ports.filter(port => listed.alive.has(port));
+      expired.push(...ports.filter(port => !listed.alive.has(port)));
+      result = await attempt(alive);
+      if (result === 'expired') {
+        for (const port of alive) {
+          const one = await attempt([port]);
+          if (one === 'expired')
+            expired.push(port);
+          else if (one !== 'ok')
+            return one;
+        }
+        result = 'ok';
+      }
+    }
+    return result === 'ok' ? {opened, expired} : result;
   }
 
   /** The smallest transaction from what the kernel holds (as last acknowledged) to `plan`. */
@@ -529,29 +581,38 @@ export async function listTableOnce(run: Runner): Promise<ListedTable | 'missing
 /**
  * `unblock` with no monitor running: the named reporter's ports get elements
  * without a deadline (open until the next monitor re-arms them); `null`
- * (--all) deletes the table. Ports that another fenced reporter also guards
- * stay fenced. Returns the ports opened.
+ * (--all) deletes the table. A port another reporter guards too is left as
+ * the kernel holds it, unless each of the others is overridden as well: with
+ * no monitor, nothing has proven their disks, and the kernel's word stands.
+ * Returns the ports opened and the ones left.
  */
-export async function openWithoutMonitor(run: Runner, name: string | null, ports: ReadonlyArray<number>, keepFenced: ReadonlySet<number>): Promise<{opened: Array<number>, tablePresent: boolean} | {failed: string}> {
+export async function openWithoutMonitor(run: Runner, name: string | null, ports: ReadonlyArray<number>, overridden: ReadonlySet<string>): Promise<{opened: Array<number>, shared: Array<number>, tablePresent: boolean} | {failed: string}> {
   const listed = await listTableOnce(run);
   if (listed === 'missing')
-    return {opened: [], tablePresent: false};
+    return {opened: [], shared: [], tablePresent: false};
   if ('failed' in listed)
     return listed;
   let text: string;
   let opened: Array<number>;
+  let shared: Array<number> = [];
   if (name === null) {
     opened = [...listed.guarded.keys()].filter(port => !listed.alive.has(port));
     text = deleteTableTransaction();
   } else {
-    const mine = new Set([...ports, ...[...listed.guarded.values()].filter(e => (e.comment ?? '').split(',').includes(name)).map(e => e.port)]);
-    opened = [...mine].filter(port => listed.guarded.has(port) && !listed.alive.has(port) && !keepFenced.has(port)).sort((a, b) => a - b);
+    const ownersOf = (port: number) => (listed.guarded.get(port)?.comment ?? '').split(',').filter(Boolean);
+    const mine = [...new Set([...ports, ...[...listed.guarded.keys()].filter(port => ownersOf(port).includes(name))])].filter(port => listed.guarded.has(port)).sort((a, b) => a - b);
+    const alone = (port: number) => ownersOf(port).every(owner => owner === name || overridden.has(owner));
+    shared = mine.filter(port => !alone(port));
+    const toOpen = mine.filter(alone);
+    // Fenced ones, and armed ones too: an override has no deadline.
+    opened = toOpen.filter(port => listed.alive.get(port)?.timeoutMs !== null || !listed.alive.has(port));
     if (opened.length === 0)
-      return {opened, tablePresent: true};
-    text = `add element ${TABLE} alive { ${opened.join(', ')} }`;
+      return {opened, shared, tablePresent: true};
+    const list = opened.join(', ');
+    text = `add element ${TABLE} alive { ${list} }; delete element ${TABLE} alive { ${list} }; add element ${TABLE} alive { ${list} }`;
   }
   const result = await run(['nft', '-f', '-'], {timeoutMs: NFT_TOOL_DEADLINE_MS, input: `${text}\n`, env: {LC_ALL: 'C'}});
   if (result.code !== 0)
     return {failed: describeRun(result, NFT_TOOL_DEADLINE_MS)};
-  return {opened, tablePresent: true};
+  return {opened, shared, tablePresent: true};
 }

@@ -18,8 +18,14 @@ export type Life =
 export type LifeEvent =
   /** A heartbeat whose deadline (its sentAt plus --timeout) is `until`. */
   | {type: 'heartbeat', now: number, sentAt: number, until: number}
-  /** `said`: what the reporter said it failed on since its last heartbeat, if anything. */
-  | {type: 'deadline', now: number, wall: number, silentMs: number, said?: string}
+  /**
+   * `wall`: when the deadline passed (epoch ms), which is earlier than now when
+   * the monitor was stopped meanwhile. `held`: the deadline the kernel holds,
+   * when it runs out before the reporter's own (a heartbeat read but not yet
+   * written to the kernel counts for nothing once the kernel has fenced).
+   * `said`: what the reporter said it failed on since its last heartbeat.
+   */
+  | {type: 'deadline', now: number, wall: number, silentMs: number, held?: number, said?: string}
   | {type: 'unblock', wall: number, by: string};
 
 export type LifeConfig = {
@@ -32,7 +38,7 @@ export type Step = {
   /** Set when the reporter's visible state changed. */
   change: {to: ReporterState, reason: string} | null;
   /** Why nothing changed, when an event was ignored. */
-  note?: 'stale' | 'recovering' | 'not-due' | 'nothing-to-lift';
+  note?: 'stale' | 'before-fence' | 'recovering' | 'not-due' | 'nothing-to-lift';
 };
 
 const unchanged = (life: Life, note?: Step['note']): Step => (note === undefined ? {life, change: null} : {life, change: null, note});
@@ -50,6 +56,10 @@ export function step(life: Life, event: LifeEvent, config: LifeConfig): Step {
         case 'overridden':
           return {life: {state: 'healthy', until: event.until}, change: {to: 'healthy', reason: 'heartbeat after override'}};
         case 'fenced': {
+          // Proven before the fence began (it waited in the FIFO while the monitor was stopped
+          // and the kernel fenced): it says nothing about the disk since.
+          if (event.sentAt < life.since)
+            return unchanged(life, 'before-fence');
           const consecutive = life.lastSentAt !== null && event.sentAt > life.lastSentAt && event.sentAt - life.lastSentAt <= config.timeoutMs;
           const streak = consecutive ? life.streak + 1 : 1;
           if (streak >= config.recover)
@@ -60,7 +70,7 @@ export function step(life: Life, event: LifeEvent, config: LifeConfig): Step {
       break;
     }
     case 'deadline':
-      if (life.state !== 'healthy' || event.now < life.until)
+      if (life.state !== 'healthy' || event.now < Math.min(life.until, event.held ?? Infinity))
         return unchanged(life, 'not-due');
       return {
         life: {state: 'fenced', since: event.wall, streak: 0, lastSentAt: null},

@@ -4,7 +4,7 @@ import v8 from 'node:v8';
 
 import {StartupError} from '../errors';
 import {IptablesFirewall, NftablesFirewall} from '../fencing';
-import type {ApplyResult, Family, Firewall, Runner} from '../fencing';
+import type {ApplyResult, Family, Firewall, KernelView, ReleaseResult, Runner} from '../fencing';
 import {LineDecoder} from '../heartbeat';
 import type {Message} from '../heartbeat';
 import {RateLimitedLog} from '../log';
@@ -47,6 +47,10 @@ const SNAPSHOT_EVERY_MS = 1_000;
 const RECONCILE_MS = {nftables: 10_000, iptables: 5_000};
 const START_APPLY_WAIT_MS = 15_000;
 const STOP_APPLY_WAIT_MS = 5_000;
+const INSPECT_TRIES = 3;
+const INSPECT_RETRY_MS = 1_000;
+/** Re-arms wait this long to share a transaction (the applier's batch). */
+const BATCH_MS = 100;
 
 /** Start-up: nftables where it works (auto), else iptables. */
 async function chooseFirewall(options: MonitorOptions, helper: SpawnHelper, run: Runner, logger: Logger): Promise<Firewall> {
@@ -127,6 +131,8 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
   const effects = new SideEffects(run, logger, options.onChange);
 
   let firewallOk = true;
+  /** How early, at most, the kernel may let an element written by the last apply run out. */
+  let earlyMs = 0;
   // Hooks wait for the apply that carries their change: the fence goes in first.
   const transitions: Array<Transition> = [];
   let inNextApply = 0;
@@ -137,6 +143,10 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
       scheduleSnapshot();
     }
     if (result.ok) {
+      earlyMs = result.earlyMs;
+      // What the kernel now holds: where it runs out before the registry's own deadline, the kernel's wins.
+      if (firewall.holdsDeadlines)
+        registry.acknowledged(result.earlyMs);
       if (!wasOk)
         logger.info('firewall updated again after earlier failures');
       if (result.newlyFenced.length > 0)
@@ -168,10 +178,13 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
   const applier = new Applier({
     firewall,
     desired: () => {
+      // Read first: a deadline that ran out while the monitor was stopped becomes a fence (and its hook) here.
+      const list = registry.desired();
       inNextApply = transitions.length;
-      return registry.desired();
+      return list;
     },
     clock: systemClock,
+    batchMs: BATCH_MS,
     reconcileMs: options.reconcileMs ?? RECONCILE_MS[firewall.name],
     onApplied,
   });
@@ -245,16 +258,13 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     });
   }
 
-  const kernel = await firewall.inspect();
-  if (kernel === null)
-    logger.error(`cannot read the ${firewall.name} firewall at start-up; will retry`);
-  else if (kernel.ports.size > 0)
+  const kernel = await inspect(firewall, logger);
+  if (kernel !== 'unreadable' && kernel.ports.size > 0) {
     logger.info(`found ${kernel.ports.size} ebsmon port(s) in the ${firewall.name} firewall`, {ports: [...kernel.ports.keys()].join(',')});
-  if (previous !== null) {
-    const known = new Set(previous.reporters.flatMap(r => r.ports));
-    const orphans = [...(kernel?.ports.keys() ?? [])].filter(port => !known.has(port));
+    const known = new Set((previous?.reporters ?? []).flatMap(r => r.ports));
+    const orphans = [...kernel.ports.keys()].filter(port => !known.has(port));
     if (orphans.length > 0)
-      logger.warn(`removing ebsmon entries no reporter in the snapshot accounts for: ports ${orphans.join(',')}`);
+      logger.warn(`ebsmon port(s) ${orphans.join(',')} in the firewall have no reporter in the previous snapshot: adopted as the kernel holds them (a fenced one stays fenced until its reporter heartbeats or an operator unblocks it)`);
   }
   registry.adopt(previous?.reporters ?? [], kernel, firewall.holdsDeadlines);
   if (previous !== null) {
@@ -285,15 +295,63 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
 
   reader.close();
   clearInterval(pulse);
-  registry.settleAll();
+  await leaveFirewall(registry, applier, firewall, logger, BATCH_MS + earlyMs);
   registry.close();
-  // Stopping the monitor fences nothing: healthy reporters' ports stay open, without a deadline, until the next monitor re-arms them.
-  const final = await Promise.race([applier.stop(registry.desired(true)), new Promise<null>(resolve => setTimeout(() => resolve(null), STOP_APPLY_WAIT_MS).unref())]);
-  if (final === null || !final.ok)
-    logger.error(`could not write the stopping state to the firewall${final === null ? '' : `: ${final.detail}`}; deadlines run on`);
   await firewall.close();
   helper.close();
   writeState();
   const fenced = registry.snapshot().filter(r => r.state === 'fenced').map(r => r.name);
   logger.info(fenced.length === 0 ? 'monitor stopped' : 'monitor stopped; fences stay in place for the next monitor', {fenced: fenced.join(',') || '(none)'});
+}
+
+/** What the kernel holds at start-up, read a few times before giving up: adoption must not guess. */
+async function inspect(firewall: Firewall, logger: Logger): Promise<KernelView | 'unreadable'> {
+  for (let attempt = 1; ; attempt++) {
+    const kernel = await firewall.inspect();
+    if (kernel !== null)
+      return kernel;
+    if (attempt >= INSPECT_TRIES) {
+      logger.error(`cannot read the ${firewall.name} firewall at start-up (${INSPECT_TRIES} tries)${firewall.holdsDeadlines ? ': every reporter the previous monitor knew stays fenced until it heartbeats again' : ''}`);
+      return 'unreadable';
+    }
+    await new Promise(resolve => setTimeout(resolve, INSPECT_RETRY_MS));
+  }
+}
+
+/**
+ * A clean stop fences nothing that is healthy: healthy reporters' ports are
+ * left open with no deadline until the next monitor re-arms them. But the
+ * kernel's word wins over the registry's: a deadline that has run out, in the
+ * registry or in the kernel, is a fence, and so is one that is due within an
+ * interval of a reporter that has missed its heartbeat (nothing would re-arm
+ * it in time). The ports are released only where the kernel still holds
+ * them alive at the moment it commits. Each reporter's fate is logged.
+ */
+async function leaveFirewall(registry: Registry, applier: Applier, firewall: Firewall, logger: Logger, marginMs: number): Promise<void> {
+  registry.settleAll();
+  registry.fenceDueAtStop(marginMs);
+  const timeout = <T>(work: Promise<T>) => Promise.race([work, new Promise<null>(resolve => setTimeout(() => resolve(null), STOP_APPLY_WAIT_MS).unref())]);
+  const final = await timeout(applier.stop(registry.desired()));
+  let released: ReleaseResult | null = null;
+  if (final !== null && final.ok) {
+    released = await timeout(firewall.release(registry.releasable()));
+    if (released !== null && 'expired' in released)
+      registry.expiredInKernel(released.expired);
+  }
+  if (final === null || !final.ok || released === null || 'failed' in released) {
+    const why = final === null || released === null ? 'no answer' : !final.ok ? final.detail : 'failed' in released ? released.failed : '';
+    logger.error(`could not write the stopping state to the firewall (${why}): every deadline the kernel holds runs on, so a reporter left unproven is fenced when its deadline runs out`);
+  }
+  const open = new Set(released !== null && 'opened' in released ? released.opened : []);
+  for (const reporter of registry.snapshot()) {
+    const meta = {reporter: reporter.name, ports: reporter.ports.join(',')};
+    if (reporter.state === 'fenced')
+      logger.warn(`${reporter.name}: left fenced: its deadline ran out at ${new Date(reporter.fencedSince ?? Date.now()).toISOString()} (${reporter.reason})`, meta);
+    else if (reporter.state === 'overridden')
+      logger.info(`${reporter.name}: left open, overridden by ${reporter.overriddenBy ?? 'an operator'}`, meta);
+    else if (reporter.ports.every(port => open.has(port)))
+      logger.info(`${reporter.name}: left open without a deadline`, meta);
+    else
+      logger.warn(`${reporter.name}: left with the deadline the kernel holds (${reporter.deadlineAt == null ? 'unknown' : new Date(reporter.deadlineAt).toISOString()}): it could not be released`, meta);
+  }
 }

@@ -78,6 +78,16 @@ export type ReporterRecord = {
   history: Array<HistoryEntry>;
   fences: FenceDurations;
   timer: unknown;
+  /** When the timer fires (monotonic ms). */
+  timerAt: number;
+  /**
+   * The earliest moment (monotonic ms) the kernel may let this reporter's
+   * deadline run out, as of the last acknowledged firewall write: Infinity
+   * while the kernel holds none. The registry's own deadline can be later (a
+   * heartbeat read but not yet written, or the monitor stopped before its
+   * write): the kernel's wins.
+   */
+  heldUntil: number;
   warnedSlowProbe: boolean;
   /** Reused by desired(): what the firewall should hold for this reporter. */
   wish: DesiredReporter & {ports: ReadonlyArray<number>, arm: Arm};
@@ -105,10 +115,12 @@ export class Registry {
    * a deadline (a clean stop) and backends without deadlines give a fresh
    * --timeout to check in. Fenced reporters stay fenced.
    */
-  adopt(previous: ReadonlyArray<ReporterSnapshot>, kernel: KernelView | null, holdsDeadlines: boolean): void {
+  adopt(previous: ReadonlyArray<ReporterSnapshot>, kernel: KernelView | null | 'unreadable', holdsDeadlines: boolean): void {
     const now = this.clock.mono();
     const wall = this.clock.wall();
-    for (const snapshot of previous) {
+    const unreadable = kernel === 'unreadable';
+    const view = kernel === 'unreadable' ? null : kernel;
+    for (const snapshot of [...previous, ...orphansOf(previous, view)]) {
       if (this.reporters.size >= this.options.maxReporters)
         break;
       let life: Life;
@@ -121,18 +133,19 @@ export class Registry {
       } else {
         let left: number | null = null;
         let expired = false;
-        if (holdsDeadlines && kernel !== null) {
+        if (holdsDeadlines && view !== null) {
           for (const port of snapshot.ports) {
-            const held = kernel.ports.get(port)?.alive;
+            const held = view.ports.get(port)?.alive;
             if (held === 'fenced')
               expired = true;
             else if (held !== undefined && held.leftMs !== null)
               left = left === null ? held.leftMs : Math.min(left, held.leftMs);
           }
         }
-        if (expired) {
+        if (expired || (holdsDeadlines && unreadable)) {
           life = {state: 'fenced', since: wall, streak: 0, lastSentAt: null};
-          reason = 'its deadline passed while no monitor was running: the kernel fenced it';
+          reason = expired ? 'its deadline passed while no monitor was running: the kernel fenced it'
+            : 'the kernel\'s deadlines could not be read at start-up: fenced until it heartbeats again, never opened unproven';
           fenceCount += 1;
         } else {
           life = {state: 'healthy', until: now + (left ?? this.options.timeoutMs)};
@@ -161,6 +174,8 @@ export class Registry {
         history: (snapshot.history ?? []).slice(-HISTORY_MAX),
         fences: adoptFences(snapshot.fenceDurations),
         timer: null,
+        timerAt: Infinity,
+        heldUntil: life.state === 'healthy' && holdsDeadlines && view !== null ? heldFrom(snapshot.ports, view, now) : Infinity,
         warnedSlowProbe: false,
         ...wishFor(snapshot.name),
       };
@@ -222,6 +237,8 @@ export class Registry {
         history: [],
         fences: emptyFences(),
         timer: null,
+        timerAt: Infinity,
+        heldUntil: Infinity,
         warnedSlowProbe: false,
         ...wishFor(message.name),
       };
@@ -241,13 +258,16 @@ export class Registry {
       this.effects.log('warn', `${record.name}'s --probe-timeout (${message.probeTimeout} s) is more than a third of the monitor's --timeout (${this.options.timeoutMs / 1000} s): a slow probe can eat the fence window`, {reporter: record.name});
     }
 
+    const before = record.life.state;
     this.settle(record);
     const portsChanged = !samePorts(record.ports, ports);
     this.accept(record, message, ports, now, wall);
     const result = this.apply(record, {type: 'heartbeat', now, sentAt: message.sentAt, until});
     if (result === 'recovering')
       this.effects.log('debug', `${record.name} heartbeat ${(record.life as {streak: number}).streak}/${this.options.recover} towards recovery`, {reporter: record.name});
-    this.effects.changed(result === 'changed' || portsChanged ? 'now' : 'rearm');
+    else if (result === 'before-fence')
+      this.effects.refuse(`before-fence:${record.name}`, `heartbeat from ${record.name} was sent before its fence began (it waited in the FIFO): it proves nothing since`, {reporter: record.name});
+    this.effects.changed(result === 'changed' || portsChanged || record.life.state !== before ? 'now' : 'rearm');
   }
 
   /** The last heartbeat is when the reporter proved I/O (its sentAt), not when the monitor read it. */
@@ -344,7 +364,7 @@ export class Registry {
   }
 
   /** Runs the transition function and carries out what it decided. */
-  private apply(record: ReporterRecord, event: LifeEvent): 'changed' | 'recovering' | 'unchanged' {
+  private apply(record: ReporterRecord, event: LifeEvent): 'changed' | 'recovering' | 'before-fence' | 'unchanged' {
     const from = record.life;
     const result = step(record.life, event, this.options);
     // Healthy stays healthy on nearly every heartbeat: move the deadline in place
@@ -353,9 +373,12 @@ export class Registry {
       from.until = result.life.until;
     else
       record.life = result.life;
+    // Out of a fence or an override: what the kernel held before says nothing of the deadline to come.
+    if (from.state !== 'healthy' && result.life.state === 'healthy')
+      record.heldUntil = Infinity;
     this.schedule(record);
     if (result.change === null)
-      return result.note === 'recovering' ? 'recovering' : 'unchanged';
+      return result.note === 'recovering' || result.note === 'before-fence' ? result.note : 'unchanged';
     const {to, reason} = result.change;
     record.reason = reason;
     const wall = this.clock.wall();
@@ -402,19 +425,80 @@ export class Registry {
       fences.buckets[bucket] = (fences.buckets[bucket] ?? 0) + 1;
   }
 
-  /** A deadline that has passed is a fence, even if its timer has not run yet (the monitor was stopped). */
+  /**
+   * A deadline that has passed is a fence, even if its timer has not run yet
+   * (the monitor was stopped), and whichever ran out first: the registry's, or
+   * the one the kernel holds. It is a fence as of when it ran out.
+   */
   private settle(record: ReporterRecord): void {
     const now = this.clock.mono();
-    if (record.life.state === 'healthy' && now >= record.life.until) {
+    const due = dueOf(record);
+    if (record.life.state === 'healthy' && now >= due) {
       // Words sent after the last heartbeat explain the silence; older ones do not.
       const said = record.said !== '' && !(record.saidAt < record.lastHeartbeatAt) ? record.said : undefined;
-      this.apply(record, {type: 'deadline', now, wall: this.clock.wall(), silentMs: now - record.lastBeatMono, ...(said === undefined ? {} : {said})});
+      this.apply(record, {type: 'deadline', now, wall: this.clock.wall() - (now - due), silentMs: due - record.lastBeatMono, held: record.heldUntil, ...(said === undefined ? {} : {said})});
     }
   }
 
   settleAll(): void {
     for (const record of this.reporters.values())
       this.settle(record);
+  }
+
+  /**
+   * After an acknowledged write to a firewall that holds deadlines: what the
+   * kernel now holds for each armed reporter. `earlyMs`: how much earlier than
+   * its deadline the kernel may let an element run out (the write's lead, and
+   * timeouts counted in jiffies).
+   */
+  acknowledged(earlyMs: number): void {
+    for (const record of this.reporters.values()) {
+      const arm = record.wish.arm;
+      if (arm.state === 'armed') {
+        record.heldUntil = arm.until - earlyMs;
+        // The timer runs to the registry's deadline; the kernel's came earlier.
+        if (record.heldUntil < record.timerAt)
+          this.reschedule(record);
+      } else if (arm.state === 'open') {
+        record.heldUntil = Infinity;
+      }
+    }
+  }
+
+  /**
+   * At a clean stop, before healthy reporters are left open with no deadline:
+   * one that has missed its heartbeat and whose deadline is at most `marginMs`
+   * past its interval away is as good as fenced (nothing would re-arm it
+   * before its deadline), and is left fenced. A reporter merely between two
+   * heartbeats is not (its deadline is then more than an interval away).
+   */
+  fenceDueAtStop(marginMs: number): void {
+    const now = this.clock.mono();
+    for (const record of this.reporters.values()) {
+      if (record.life.state !== 'healthy')
+        continue;
+      const intervalMs = (Number.isNaN(record.interval) ? 1 : record.interval) * 1000;
+      const due = dueOf(record);
+      if (due - now <= intervalMs + marginMs && now - record.lastBeatMono > intervalMs + marginMs) {
+        record.heldUntil = Math.min(record.heldUntil, now);
+        this.settle(record);
+      }
+    }
+  }
+
+  /**
+   * The kernel found these ports' deadlines run out (a stop released only the
+   * ports it still held alive): their reporters are fenced, whatever the
+   * registry believed.
+   */
+  expiredInKernel(ports: ReadonlyArray<number>): void {
+    const gone = new Set(ports);
+    const now = this.clock.mono();
+    for (const record of this.reporters.values())
+      if (record.life.state === 'healthy' && record.ports.some(port => gone.has(port))) {
+        record.heldUntil = Math.min(record.heldUntil, now);
+        this.settle(record);
+      }
   }
 
   /**
@@ -425,12 +509,15 @@ export class Registry {
     if (record.life.state !== 'healthy') {
       this.clock.clearTimer(record.timer);
       record.timer = null;
+      record.timerAt = Infinity;
       return;
     }
     if (record.timer !== null)
       return;
+    record.timerAt = dueOf(record);
     record.timer = this.clock.setTimer(() => {
       record.timer = null;
+      record.timerAt = Infinity;
       if (this.reporters.get(record.name) !== record)
         return;
       const before = record.life.state;
@@ -439,23 +526,31 @@ export class Registry {
         this.effects.changed('now');
       else
         this.schedule(record);
-    }, Math.max(0, (record.life.state === 'healthy' ? record.life.until : 0) - this.clock.mono()));
+    }, Math.max(0, record.timerAt - this.clock.mono()));
   }
 
-  /** What the firewall should hold now. `stopping`: healthy reporters are left open, with no deadline. */
+  private reschedule(record: ReporterRecord): void {
+    this.clock.clearTimer(record.timer);
+    record.timer = null;
+    this.schedule(record);
+  }
+
   /**
-   * What the firewall should hold now. `stopping`: healthy reporters are left
-   * open, with no deadline. Read on every flush (10 a second with re-arms
-   * pending), so the list and its entries are reused, not rebuilt.
+   * What the firewall should hold now. Read on every flush (10 a second with
+   * re-arms pending), so the list and its entries are reused, not rebuilt.
    */
-  desired(stopping = false): ReadonlyArray<DesiredReporter> {
+  desired(): ReadonlyArray<DesiredReporter> {
     if (this.desiredList === null)
       this.desiredList = [...this.reporters.values()].map(record => record.wish);
+    const now = this.clock.mono();
     for (const record of this.reporters.values()) {
+      // A deadline that ran out while the monitor was stopped, its timer not yet run: never re-armed.
+      if (now >= dueOf(record))
+        this.settle(record);
       const wish = record.wish;
       wish.ports = record.ports;
       const life = record.life;
-      if (life.state === 'healthy' && !stopping) {
+      if (life.state === 'healthy') {
         record.armed.until = life.until;
         wish.arm = record.armed;
       } else {
@@ -463,6 +558,16 @@ export class Registry {
       }
     }
     return this.desiredList;
+  }
+
+  /**
+   * At a clean stop: the ports to leave open with no deadline, those of
+   * healthy reporters, but none that a fenced reporter guards too.
+   */
+  releasable(): Array<number> {
+    const fenced = new Set([...this.reporters.values()].filter(r => r.life.state === 'fenced').flatMap(r => r.ports));
+    const ports = new Set([...this.reporters.values()].filter(r => r.life.state === 'healthy').flatMap(r => r.ports));
+    return [...ports].filter(port => !fenced.has(port)).sort((a, b) => a - b);
   }
 
   snapshot(): Array<ReporterSnapshot> {
@@ -498,11 +603,64 @@ export class Registry {
     for (const record of this.reporters.values()) {
       this.clock.clearTimer(record.timer);
       record.timer = null;
+      record.timerAt = Infinity;
     }
   }
 }
 
 const orNull = (n: number) => (Number.isNaN(n) ? null : n);
+
+/** When a healthy reporter's deadline runs out: the registry's own, or earlier where the kernel holds an earlier one. */
+function dueOf(record: ReporterRecord): number {
+  return record.life.state === 'healthy' ? Math.min(record.life.until, record.heldUntil) : Infinity;
+}
+
+/** The deadline the kernel holds for these ports at start-up (the earliest), or Infinity when none has one. */
+function heldFrom(ports: ReadonlyArray<number>, kernel: KernelView, now: number): number {
+  let held = Infinity;
+  for (const port of ports) {
+    const alive = kernel.ports.get(port)?.alive;
+    if (alive === 'fenced')
+      return now;
+    if (alive !== undefined && alive.leftMs !== null)
+      held = Math.min(held, now + alive.leftMs);
+  }
+  return held;
+}
+
+const REPORTER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+
+/**
+ * Ports the kernel guards that no reporter of the snapshot accounts for (the
+ * snapshot was lost or unreadable): each becomes a reporter of the name the
+ * kernel records for it, in the state the kernel holds it, so a fenced port
+ * stays fenced until its reporter proves its disk again or an operator
+ * unblocks it. A port with no usable name becomes reporter `port-N`.
+ */
+function orphansOf(previous: ReadonlyArray<ReporterSnapshot>, kernel: KernelView | null): Array<ReporterSnapshot> {
+  if (kernel === null)
+    return [];
+  const known = new Set(previous.flatMap(r => r.ports));
+  const named = new Set(previous.map(r => r.name));
+  const byName = new Map<string, Array<number>>();
+  for (const [port, held] of kernel.ports) {
+    if (known.has(port))
+      continue;
+    const owners = held.owners.filter(owner => REPORTER_NAME.test(owner) && !named.has(owner));
+    for (const owner of owners.length > 0 ? owners : [`port-${port}`])
+      byName.set(owner, [...(byName.get(owner) ?? []), port]);
+  }
+  return [...byName].map(([name, ports]) => {
+    const fenced = ports.some(port => kernel.ports.get(port)?.alive === 'fenced');
+    return {
+      name, pid: 0, ports: ports.sort((a, b) => a - b), state: fenced ? 'fenced' : 'healthy',
+      lastHeartbeatAt: null, fencedSince: null, overriddenAt: null, overriddenBy: null, deadlineAt: null,
+      fenceCount: fenced ? 1 : 0, flapCount: 0, heartbeats: 0, lastProbeMs: null, interval: null, probeTimeout: null,
+      reason: fenced ? 'found fenced in the kernel, with no record of it in the previous snapshot' : 'found in the kernel, with no record of it in the previous snapshot',
+      stateSince: null,
+    };
+  });
+}
 
 function emptyFences(): FenceDurations {
   return {count: 0, sumSeconds: 0, lastSeconds: 0, buckets: FENCE_BUCKETS.map(() => 0)};

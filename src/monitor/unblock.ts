@@ -90,11 +90,11 @@ async function unblockWithoutMonitor(options: UnblockOptions, before: Snapshot |
   const lines: Array<string> = [];
   const failures: Array<string> = [];
   const mine = before?.reporters.find(r => r.name === options.name);
-  // Ports another fenced reporter guards too stay fenced: this override is for one reporter.
-  const keepFenced = new Set((before?.reporters ?? []).filter(r => r.state === 'fenced' && r.name !== options.name).flatMap(r => r.ports));
+  // This override is for one reporter: a port others guard too stays as the kernel holds it.
+  const overridden = new Set((before?.reporters ?? []).filter(r => r.state === 'overridden').map(r => r.name));
   const backend = before?.monitor.firewall;
 
-  const nft = await openWithoutMonitor(directRunner, options.name, mine?.ports ?? [], keepFenced);
+  const nft = await openWithoutMonitor(directRunner, options.name, mine?.ports ?? [], overridden);
   if ('failed' in nft) {
     // A host without nft (ENOENT) simply has no nftables fences, unless the monitor used it.
     if (backend === 'nftables' || (backend === undefined && !/ENOENT/.test(nft.failed)))
@@ -104,7 +104,10 @@ async function unblockWithoutMonitor(options: UnblockOptions, before: Snapshot |
       lines.push(`no monitor running: deleted table inet ebsmon, with every ebsmon fence and deadline (${nft.opened.length} port(s) were fenced)`);
     else if (nft.opened.length > 0)
       lines.push(`no monitor running: opened ${options.name}'s port(s) ${nft.opened.join(',')} in table inet ebsmon (no deadline until the next monitor re-arms them)`);
+    if (nft.shared.length > 0)
+      lines.push(`left port(s) ${nft.shared.join(',')} as the kernel holds them: other reporters guard them too, and with no monitor nothing has proven their disks (unblock those too, or start the monitor)`);
   }
+  const openedHere = 'opened' in nft && nft.opened.length > 0;
 
   const iptables = await removeIptablesWithoutMonitor(directRunner, options.name);
   if (iptables.failures.length > 0 && backend !== 'nftables')
@@ -127,7 +130,7 @@ async function unblockWithoutMonitor(options: UnblockOptions, before: Snapshot |
   if (before !== null) {
     const now = Date.now();
     for (const reporter of before.reporters)
-      if (reporter.state === 'fenced' && (options.name === null || reporter.name === options.name)) {
+      if ((reporter.state === 'fenced' && options.name === null) || (reporter.name === options.name && (reporter.state === 'fenced' || openedHere))) {
         reporter.state = 'overridden';
         reporter.fencedSince = null;
         reporter.overriddenAt = now;

@@ -4,6 +4,7 @@ import * as t from 'typanion';
 
 import {SnapshotError, errnoCode} from '../errors';
 import {REJECT_REASONS} from '../heartbeat';
+import {isNumberWhere} from '../heartbeat/lean';
 import {isCount, isDeviceStats, isName, isNonNegative, isPathInfo, isPid, isPort} from '../heartbeat/schema';
 
 export const DEFAULT_STATE_DIR = '/run/ebsmon';
@@ -45,9 +46,12 @@ export const isFenceDurations = t.isObject({
   buckets: t.isArray(isCount),
 });
 
+/** A reporter's pid; 0 for one adopted from the kernel's entries that has not heartbeated since (no goodbye can match it). */
+const isReporterPid = isNumberWhere('a pid, or 0 before its first heartbeat', n => Number.isInteger(n) && n >= 0);
+
 export const isReporterSnapshot = t.isObject({
   name: isName,
-  pid: isPid,
+  pid: isReporterPid,
   ports: t.isArray(isPort),
   state: isReporterState,
   lastHeartbeatAt: t.isNullable(isEpochMs),

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import {beforeEach, describe, it} from 'node:test';
 
-import type {ApplyResult, DesiredReporter, Firewall, KernelView} from '../../src/fencing';
+import type {ApplyResult, DesiredReporter, Firewall, KernelView, ReleaseResult} from '../../src/fencing';
 import {Applier} from '../../src/monitor/applier';
 import {FakeClock} from '../helpers/clock';
 
@@ -15,7 +15,7 @@ class FakeFirewall implements Firewall {
   checkOk = true;
   inFlight = 0;
   maxInFlight = 0;
-  release: Array<() => void> = [];
+  gates: Array<() => void> = [];
   hold = false;
 
   async inspect(): Promise<KernelView | null> {
@@ -26,7 +26,7 @@ class FakeFirewall implements Firewall {
     this.inFlight += 1;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     if (this.hold)
-      await new Promise<void>(resolve => this.release.push(resolve));
+      await new Promise<void>(resolve => this.gates.push(resolve));
   }
 
   async apply(desired: ReadonlyArray<DesiredReporter>): Promise<ApplyResult> {
@@ -38,7 +38,11 @@ class FakeFirewall implements Firewall {
       return {ok: false, detail: 'broken'};
     }
     this.applied.push(desired);
-    return {ok: true, newlyFenced: []};
+    return {ok: true, newlyFenced: [], earlyMs: 0};
+  }
+
+  async release(ports: ReadonlyArray<number>): Promise<ReleaseResult> {
+    return {opened: [...ports], expired: []};
   }
 
   async check(): Promise<boolean> {
@@ -108,7 +112,7 @@ describe('Applier: the one serial loop that owns the firewall', () => {
     await flush();
     assert.equal(firewall.inFlight, 1);
     firewall.hold = false;
-    for (const release of firewall.release.splice(0))
+    for (const release of firewall.gates.splice(0))
       release();
     await step(0);
     await step(0);
@@ -162,9 +166,9 @@ describe('Applier: the one serial loop that owns the firewall', () => {
     const final: Array<DesiredReporter> = [{name: 'a', ports: [80], arm: {state: 'open'}}];
     const stopped = applier.stop(final);
     firewall.hold = false;
-    for (const release of firewall.release.splice(0))
+    for (const release of firewall.gates.splice(0))
       release();
-    assert.deepEqual(await stopped, {ok: true, newlyFenced: []});
+    assert.deepEqual(await stopped, {ok: true, newlyFenced: [], earlyMs: 0});
     assert.equal(firewall.applied.at(-1), final);
     applier.schedule('now');
     await step(1_000);

@@ -28,6 +28,9 @@ const table: Array<Row> = [
   ['fenced + a gap over --timeout restarts the count', fenced(2, 31_000), beat(50_000, 41_001, 51_001), {life: fenced(1, 41_001), change: null, note: 'recovering'}],
   ['fenced + a replayed heartbeat does not count twice', fenced(1, 31_000), beat(31_500, 31_000, 41_000), {life: fenced(1, 31_000), change: null, note: 'recovering'}],
   ['fenced + stale heartbeat never opens', fenced(2, 31_000), beat(60_000, 32_000, 42_000), {life: fenced(2, 31_000), change: null, note: 'stale'}],
+  ['fenced + a heartbeat sent before the fence began (it waited in the FIFO) counts for nothing', fenced(), beat(9_000, 4, 10_004), {life: fenced(), change: null, note: 'before-fence'}],
+  ['healthy + the deadline the kernel holds ran out first: fenced, though the registry\'s is later', healthy(12_000), {type: 'deadline', now: 10_000, wall: 42, silentMs: 10_000, held: 9_980}, {life: {state: 'fenced', since: 42, streak: 0, lastSentAt: null}, change: {to: 'fenced', reason: 'no heartbeat for 10.0 s'}}],
+  ['healthy + the kernel\'s deadline not yet due either', healthy(12_000), {type: 'deadline', now: 9_000, wall: 42, silentMs: 9_000, held: 9_980}, {life: healthy(12_000), change: null, note: 'not-due'}],
   ['fenced + deadline: stays fenced', fenced(), {type: 'deadline', now: 1e9, wall: 1, silentMs: 1}, {life: fenced(), change: null, note: 'not-due'}],
   ['fenced + unblock overrides', fenced(), {type: 'unblock', wall: 99, by: 'root (pid 5)'}, {life: {state: 'overridden', at: 99, by: 'root (pid 5)'}, change: {to: 'overridden', reason: 'unblock by root (pid 5)'}}],
   ['overridden + heartbeat is healthy at once', overridden, beat(1_000, 1_000, 11_000), {life: healthy(11_000), change: {to: 'healthy', reason: 'heartbeat after override'}}],
@@ -48,6 +51,6 @@ describe('reporter lifecycle: one transition function', () => {
   }
 
   it('--recover=1 lifts on the first fresh heartbeat', () => {
-    assert.deepEqual(step(fenced(), beat(1, 1, 10_001), {timeoutMs: 10_000, recover: 1}).change, {to: 'healthy', reason: '1 consecutive heartbeat'});
+    assert.deepEqual(step(fenced(), beat(10, 10, 10_010), {timeoutMs: 10_000, recover: 1}).change, {to: 'healthy', reason: '1 consecutive heartbeat'});
   });
 });

@@ -74,7 +74,9 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
     registry.heartbeat(beat('mysql'));
     assert.deepEqual(states(), {mysql: 'fenced'}, 'one fresh heartbeat is not --recover of them');
     assert.deepEqual(transitions.map(t => t.state), ['fenced']);
-    assert.match(transitions[0]!.reason, /no heartbeat for 15\.0 s/);
+    // Fenced as of its deadline, not as of when the monitor woke and noticed.
+    assert.match(transitions[0]!.reason, /^no heartbeat for 10\.0 s$/);
+    assert.equal(registry.snapshot()[0]!.fencedSince, clock.wall() - 5_000);
   });
 
   it('lifts a fence only after --recover consecutive heartbeats, counting a flap', () => {
@@ -154,13 +156,74 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
     assert.match(refusals.join('\n'), /--max-reporters/);
   });
 
-  it('stopping leaves healthy reporters open and fenced ones fenced', () => {
-    registry.heartbeat(beat('up'));
-    registry.heartbeat(beat('down', {ports: [80]}));
+  it('stopping releases healthy reporters\' ports, never one a fenced reporter guards too', () => {
+    registry.heartbeat(beat('up', {ports: [3306, 8008]}));
+    registry.heartbeat(beat('down', {ports: [80, 8008]}));
     clock.advance(5_000);
-    registry.heartbeat(beat('up'));
+    registry.heartbeat(beat('up', {ports: [3306, 8008]}));
     clock.advance(5_000);
-    assert.deepEqual(registry.desired(true).map(d => `${d.name} ${d.arm.state}`), ['up open', 'down fenced']);
+    registry.settleAll();
+    assert.deepEqual(states(), {up: 'healthy', down: 'fenced'});
+    assert.deepEqual(registry.releasable(), [3306]);
+  });
+
+  it('the kernel\'s deadline wins: once the one it holds has run out, the reporter is fenced as of then, whatever heartbeats the registry read since', () => {
+    registry.heartbeat(beat('db'));
+    registry.desired();
+    registry.acknowledged(20);
+    // The monitor stops (SIGSTOP) after reading a heartbeat it never writes to the kernel.
+    clock.advance(2_000);
+    registry.heartbeat(beat('db'));
+    clock.advance(7_990);
+    assert.deepEqual(states(), {db: 'fenced'}, 'at the kernel\'s deadline (10 s - 20 ms early), not the registry\'s (12 s)');
+    assert.equal(registry.reporters.get('db')!.life.state === 'fenced' && (registry.reporters.get('db')!.life as {since: number}).since, clock.wall() - 10);
+    // Heartbeats that waited in the FIFO, sent before the kernel fenced, prove nothing since.
+    for (let i = 0; i < 5; i++)
+      registry.heartbeat(beat('db', {sentAt: clock.wall() - 500 + i * 50}));
+    assert.deepEqual(states(), {db: 'fenced'});
+    assert.match(refusals.join('\n'), /sent before its fence began/);
+    for (let i = 0; i < 3; i++) {
+      clock.advance(1_000);
+      registry.heartbeat(beat('db'));
+    }
+    assert.deepEqual(states(), {db: 'healthy'}, 'fresh heartbeats recover as ever');
+    clock.advance(9_999);
+    assert.deepEqual(states(), {db: 'healthy'}, 'and the old kernel deadline no longer counts');
+  });
+
+  it('what the firewall should hold never re-arms a deadline that ran out while the monitor was stopped, before its timer has run', () => {
+    registry.heartbeat(beat('db'));
+    registry.desired();
+    registry.acknowledged(20);
+    clock.time += 1_000;
+    registry.heartbeat(beat('db'));
+    // SIGSTOP: time passes, no timer runs; on SIGCONT the apply loop's batch timer may run first.
+    clock.time += 9_000;
+    assert.deepEqual(registry.desired().map(d => d.arm), [{state: 'fenced'}]);
+    assert.deepEqual(states(), {db: 'fenced'});
+  });
+
+  it('at a stop, a reporter that missed its heartbeat with its deadline an interval away is left fenced; one between heartbeats is not', () => {
+    registry.heartbeat(beat('late', {ports: [1]}));
+    registry.heartbeat(beat('fine', {ports: [2]}));
+    clock.advance(8_000);
+    registry.heartbeat(beat('fine', {ports: [2]}));
+    clock.advance(950);
+    registry.fenceDueAtStop(120);
+    assert.deepEqual(states(), {late: 'fenced', fine: 'healthy'});
+
+    const tight = new Registry({timeoutMs: 2_000, recover: 3, protectPorts: new Set(), maxReporters: 5}, {changed: () => {}, transition: () => {}, log: () => {}, refuse: () => {}}, clock);
+    tight.heartbeat(beat('tight'));
+    clock.advance(990);
+    tight.fenceDueAtStop(120);
+    assert.equal(tight.reporters.get('tight')!.life.state, 'healthy', 'a tight --timeout: 1 s left, but it is not late');
+  });
+
+  it('a stop that finds a port run out in the kernel fences its reporter', () => {
+    registry.heartbeat(beat('a', {ports: [1]}));
+    registry.heartbeat(beat('b', {ports: [2]}));
+    registry.expiredInKernel([2]);
+    assert.deepEqual(states(), {a: 'healthy', b: 'fenced'});
   });
 
   const snap = (name: string, ports: Array<number>, state: ReporterSnapshot['state']): ReporterSnapshot => ({
