@@ -2,11 +2,11 @@ import assert from 'node:assert/strict';
 import {spawn} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import {describe, it} from 'node:test';
+import {beforeEach, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
 
 import {readSnapshot} from '../../src/state';
-import {ebsmonTable, fencedFor, foreignRules} from '../helpers/firewall';
+import {clearEbsmon, ebsmonTable, fencedFor, foreignRules} from '../helpers/firewall';
 import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, tcpTry} from '../helpers/proc';
 import {LoopVolume, createNetRig, descendants, inNs, isRoot, processState, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
@@ -31,6 +31,10 @@ describe('nftables: the kernel holds every deadline', {skip: !isRoot && (process
     await waitFor('the server', () => server.stdout.includes('listening'));
   });
   const {track} = scratch;
+  beforeEach(() => {
+    if (rig !== undefined)
+      clearEbsmon(rig.srv);
+  });
 
   const paths = (name: string) => {
     const stateDir = path.join(scratch.dir, name);

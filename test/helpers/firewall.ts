@@ -1,3 +1,5 @@
+import {spawnSync} from 'node:child_process';
+
 import {parseSave, parseTable} from '../../src/fencing';
 import {inNs, sh} from './rig';
 
@@ -50,4 +52,21 @@ export function foreignRules(backend: Backend, ns: string): string {
     .replace(/^table inet ebsmon \{\n[\s\S]*?\n\}\n?/m, '')
     .replace(/packets \d+ bytes \d+/g, 'packets 0 bytes 0');
   return `${saved}\n---\n${ruleset}`;
+}
+
+/**
+ * Between tests that share a namespace: nothing of an earlier test's monitor
+ * left in the firewall. A monitor adopts every ebsmon entry the kernel holds
+ * (a fenced port stays fenced), so one test's leftovers would be the next
+ * test's reporters.
+ */
+export function clearEbsmon(ns: string): void {
+  sh(inNs(ns, ['nft', 'delete', 'table', 'inet', 'ebsmon']), {allowFail: true});
+  for (const tool of ['iptables', 'ip6tables']) {
+    for (const [parent, chain] of [['INPUT', 'EBSMON'], ['FORWARD', 'EBSMON_FWD']] as const) {
+      for (let i = 0; i < 10 && spawnSync('ip', ['netns', 'exec', ns, tool, '-D', parent, '-m', 'comment', '--comment', 'ebsmon:jump', '-j', chain], {stdio: 'ignore'}).status === 0; i++);
+      sh(inNs(ns, [tool, '-F', chain]), {allowFail: true});
+      sh(inNs(ns, [tool, '-X', chain]), {allowFail: true});
+    }
+  }
 }
