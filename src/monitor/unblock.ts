@@ -49,12 +49,8 @@ export async function unblock(options: UnblockOptions): Promise<Array<string>> {
   const message: Unblock = options.name === null
     ? {v: 1, kind: 'unblock', all: true, pid: process.pid, user}
     : {v: 1, kind: 'unblock', name: options.name, pid: process.pid, user};
-  // Only ask the monitor when there is one to answer; otherwise edit our own rules.
-  if (before !== null && known && fencedNames(before, options.name).length === 0 && options.name !== null) {
-    const state = before.reporters.find(r => r.name === options.name)?.state;
-    return [`${options.name} is ${state}: not fenced, nothing changed`];
-  }
-
+  // Ask the monitor when there is one to answer; otherwise edit our own entries. Without a
+  // monitor the snapshot is stale (the kernel may have fenced a reporter it calls healthy).
   const writer = new FifoWriter(options.fifo);
   const sent = writer.send(encodeMessage(message));
   writer.close();
@@ -65,8 +61,10 @@ export async function unblock(options: UnblockOptions): Promise<Array<string>> {
 
   if (!known)
     throw new UnblockError(`unknown reporter ${options.name}: the monitor's snapshot has no such reporter (see ebsmon status)`);
-  if (fencedNames(before, options.name).length === 0)
-    return [options.name === null ? 'no reporter is fenced: nothing changed' : `${label} is not fenced: nothing changed`];
+  if (fencedNames(before, options.name).length === 0) {
+    const state = before?.reporters.find(r => r.name === options.name)?.state;
+    return [options.name === null ? 'no reporter is fenced: nothing changed' : `${label} is ${state ?? 'not fenced'}: not fenced, nothing changed`];
+  }
 
   const deadline = performance.now() + options.wait * 1000;
   for (;;) {

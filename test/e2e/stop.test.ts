@@ -4,8 +4,8 @@ import path from 'node:path';
 import {beforeEach, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
 
-import {BACKENDS, clearEbsmon} from '../helpers/firewall';
-import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn} from '../helpers/proc';
+import {BACKENDS, clearEbsmon, fencedFor} from '../helpers/firewall';
+import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, tcpTry} from '../helpers/proc';
 import {LoopVolume, createNetRig, isRoot, processState, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 import {useScratch} from '../helpers/suite';
@@ -16,6 +16,8 @@ import {useScratch} from '../helpers/suite';
  * from a SIGSTOP with heartbeats waiting in its FIFO, or both at once.
  */
 const PORT = 7401;
+const SHARED = 7402;
+const OWN = 7403;
 
 type Seen = Array<{state: string, t: number}>;
 const seen = (proc: Proc): Seen => proc.stdout.split('\n').filter(Boolean).map(line => JSON.parse(line) as {state: string, t: number});
@@ -31,7 +33,7 @@ for (const backend of BACKENDS) {
       volume = LoopVolume.create(dir, teardown);
       first(() => volume.thaw());
       sh(['mkdir', path.join(volume.mountpoint, 'db')]);
-      const server = track(new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']})));
+      const server = track(new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT), String(SHARED), String(OWN)], {stdio: ['ignore', 'pipe', 'pipe']})));
       await waitFor('the server', () => server.stdout.includes('listening'));
     });
     const {track} = scratch;
@@ -176,6 +178,69 @@ for (const backend of BACKENDS) {
         await last.stop();
         await report.stop();
         await watch.stop();
+      });
+
+      it('a monitor that finds no snapshot keeps every fence the kernel holds, under the name the kernel records, until the disk answers', {timeout: 120_000}, async (t: TestContext) => {
+        requireRoot(t);
+        const {stateDir, fifo} = dirs('lost-snapshot');
+        const first = monitor(stateDir);
+        await ready(first);
+        const report = reporter(fifo);
+        const watch = watcher();
+        await waitFor('healthy', () => stateOf(stateDir) === 'healthy' && accepting(watch));
+        volume.freeze();
+        try {
+          await waitFor('fenced', () => stateOf(stateDir) === 'fenced' && refused(watch));
+          first.kill('SIGKILL');
+          await first.exited;
+          sh(['rm', '-f', path.join(stateDir, 'state.json')]);
+          const from = Date.now();
+          const second = monitor(stateDir);
+          await ready(second);
+          assert.match(second.stderr, /port\(s\) 7401 in the firewall have no reporter in the previous snapshot: adopted as the kernel holds them/);
+          assert.equal(stateOf(stateDir), 'fenced');
+          const until = Date.now() + 1_000;
+          await waitFor('a second under the new monitor', () => Date.now() > until, 5_000, 20);
+          assert.deepEqual(acceptedSince(watch, from), [], 'never opened while frozen');
+          volume.thaw();
+          await waitFor('healthy once the disk answers', () => stateOf(stateDir) === 'healthy' && accepting(watch));
+          await second.stop();
+        } finally {
+          volume.thaw();
+        }
+        await report.stop();
+        await watch.stop();
+      });
+
+      it('unblock with no monitor opens the named reporter\'s own ports, and a shared one only once every reporter guarding it is overridden', {timeout: 120_000}, async (t: TestContext) => {
+        requireRoot(t);
+        const {stateDir, fifo} = dirs('unblock-shared');
+        const mon = monitor(stateDir);
+        await ready(mon);
+        const beat = (name: string, ports: string) => track(new Proc(spawn(process.execPath, [HELPER('heartbeater.mjs'), fifo, name, ports, '200'], {stdio: ['ignore', 'pipe', 'pipe']})));
+        const a = beat('a', String(SHARED));
+        const b = beat('b', `${SHARED},${OWN}`);
+        await waitFor('both healthy', () => reporterIn(stateDir, 'a')?.state === 'healthy' && reporterIn(stateDir, 'b')?.state === 'healthy');
+        await b.stop();
+        await waitFor('b fenced', () => reporterIn(stateDir, 'b')?.state === 'fenced' && fencedFor('nftables', rig.srv, 'b', OWN));
+        // The monitor dies while a is healthy; then a stops too: its deadline runs out in the kernel alone.
+        mon.kill('SIGKILL');
+        await mon.exited;
+        await a.stop();
+        await waitFor('the kernel fences the shared port', async () => await tcpTry(rig.cli, rig.srvV4, SHARED) === 'refused');
+        assert.equal(reporterIn(stateDir, 'a')?.state, 'healthy', 'the last snapshot still calls a healthy');
+        const unblock = (name: string) => ebsmonOnce(['unblock', `--reporter=${name}`, `--fifo=${fifo}`, `--state-dir=${stateDir}`], {ns: rig.srv});
+        const one = await unblock('b');
+        assert.equal(one.code, 0, one.stderr);
+        assert.equal(one.stdout, `no monitor running: opened b's port(s) ${OWN} in table inet ebsmon (no deadline until the next monitor re-arms them)\n`
+          + `left port(s) ${SHARED} as the kernel holds them: other reporters guard them too, and with no monitor nothing has proven their disks (unblock those too, or start the monitor)\n`);
+        assert.equal(await tcpTry(rig.cli, rig.srvV4, OWN), 'ok');
+        assert.equal(await tcpTry(rig.cli, rig.srvV4, SHARED), 'refused');
+        const two = await unblock('a');
+        assert.equal(two.code, 0, two.stderr);
+        assert.equal(two.stdout, `no monitor running: opened a's port(s) ${SHARED} in table inet ebsmon (no deadline until the next monitor re-arms them)\n`);
+        assert.equal(await tcpTry(rig.cli, rig.srvV4, SHARED), 'ok');
+        assert.deepEqual([reporterIn(stateDir, 'a')?.state, reporterIn(stateDir, 'b')?.state], ['overridden', 'overridden']);
       });
     }
   });

@@ -249,6 +249,33 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
     assert.equal(states().kept, 'fenced');
   });
 
+  it('adoption of what the kernel holds but the snapshot does not know: each port stays as the kernel holds it, under the name it records', () => {
+    const view: KernelView = {ports: new Map([
+      [80, {owners: ['web'], alive: 'fenced'}],
+      [81, {owners: ['web'], alive: {leftMs: 4_000}}],
+      [90, {owners: ['db', 'known'], alive: {leftMs: 2_000}}],
+      [91, {owners: [], alive: 'fenced'}],
+      [92, {owners: ['no way!'], alive: {leftMs: null}}],
+    ])};
+    registry.adopt([snap('known', [90], 'healthy')], view, true);
+    assert.deepEqual(registry.desired().map(d => [d.name, d.ports, d.arm]), [
+      ['known', [90], {state: 'armed', until: 2_000}],
+      ['web', [80, 81], {state: 'fenced'}],
+      ['port-91', [91], {state: 'fenced'}],
+      ['port-92', [92], {state: 'armed', until: 10_000}],
+    ]);
+    assert.equal(snapOf('web').pid, 0, 'no pid until it heartbeats: no goodbye can match it');
+    assert.match(snapOf('web').reason, /found fenced in the kernel/);
+    registry.goodbye({v: 1, kind: 'goodbye', name: 'port-92', pid: 1});
+    assert.ok(registry.reporters.has('port-92'), 'a goodbye with any pid is refused');
+  });
+
+  it('adoption when the kernel cannot be read: known reporters stay fenced (the kernel may have fenced them), never opened unproven', () => {
+    registry.adopt([snap('a', [80], 'healthy'), snap('b', [81], 'overridden')], 'unreadable', true);
+    assert.deepEqual(registry.desired().map(d => [d.name, d.arm.state]), [['a', 'fenced'], ['b', 'open']]);
+    assert.match(snapOf('a').reason, /could not be read at start-up/);
+  });
+
   it('adoption without kernel deadlines (iptables): healthy reporters get a fresh --timeout', () => {
     registry.adopt([snap('old', [80], 'fenced'), snap('fine', [81], 'healthy')], kernel([[80, 'fenced']]), false);
     clock.advance(9_999);
