@@ -16,16 +16,24 @@ export type Arm =
 
 export type DesiredReporter = {
   name: string;
+  /** Its service's ports: clients are refused while `arm` does not pass them. */
   ports: ReadonlyArray<number>;
   arm: Arm;
+  /** Destination ports this host must not reach while `voice` does not pass them (its cluster's coordinator, its peers). */
+  isolate: ReadonlyArray<number>;
+  voice: Arm;
 };
 
 export type BackendName = 'nftables' | 'iptables';
 
+export type KernelPort = {owners: Array<string>, alive: 'fenced' | {leftMs: number | null}};
+
 /** What the kernel holds at start-up (what a previous monitor left), per port. */
 export type KernelView = {
   /** Which reporters guard the port (as the kernel records it), and whether it passes and for how long (null: no deadline). */
-  ports: Map<number, {owners: Array<string>, alive: 'fenced' | {leftMs: number | null}}>;
+  ports: Map<number, KernelPort>;
+  /** The same for isolated destination ports (a backend without isolation holds none). */
+  isolated: Map<number, KernelPort>;
 };
 
 export type ApplyResult =
@@ -34,7 +42,7 @@ export type ApplyResult =
   | {ok: false, detail: string};
 
 /** What a stop did with the ports it was asked to leave open: the ones whose deadline had already run out stay fenced. */
-export type ReleaseResult = {opened: Array<number>, expired: Array<number>} | {failed: string};
+export type ReleaseResult = {opened: Array<number>, expired: Array<number>, voiceOpened: Array<number>, voiceExpired: Array<number>} | {failed: string};
 
 /**
  * A firewall backend. The monitor's apply loop is its only caller and never
@@ -54,7 +62,7 @@ export interface Firewall {
    * deadline has run out stays fenced (the kernel's word wins over the
    * registry's). Called after the last apply, never concurrently with one.
    */
-  release(ports: ReadonlyArray<number>): Promise<ReleaseResult>;
+  release(ports: {clients: ReadonlyArray<number>, voice: ReadonlyArray<number>}): Promise<ReleaseResult>;
   /** Reads the kernel back; false when it no longer holds what was applied (the next apply repairs it). */
   check(): Promise<boolean>;
   /** The kernel may have changed behind our back (a table deleted, a new writer ready): check() it now. */

@@ -55,7 +55,7 @@ export class IptablesFirewall implements Firewall {
   }
 
   async inspect(): Promise<KernelView | null> {
-    const view: KernelView = {ports: new Map()};
+    const view: KernelView = {ports: new Map(), isolated: new Map()};
     let failed = false;
     for (const family of this.families) {
       const state = await readChain(this.run, family);
@@ -113,8 +113,8 @@ export class IptablesFirewall implements Firewall {
    * wrote, and the last apply (after the registry settled every deadline that
    * had passed) wrote every fence there is.
    */
-  async release(ports: ReadonlyArray<number>): Promise<ReleaseResult> {
-    return {opened: [...ports], expired: []};
+  async release(ports: {clients: ReadonlyArray<number>, voice: ReadonlyArray<number>}): Promise<ReleaseResult> {
+    return {opened: [...ports.clients], expired: [], voiceOpened: [...ports.voice], voiceExpired: []};
   }
 
   async check(): Promise<boolean> {

@@ -6,7 +6,13 @@
  * rules whatever the number of reporters:
  *   set guarded    every reporter's ports (element comment: who guards it)
  *   set alive      the armed ports, each with a timeout: the kernel's deadline
- *   chain input    one rule: a guarded port that is not alive is rejected
+ *   set isolated   destinations (ports) a fenced reporter's host must not reach: its voice in a cluster
+ *   set reachable  the isolated ports still reachable, each with a timeout: the same deadline
+ *   chain input    a guarded port that is not alive is rejected; replies from
+ *                  an isolated destination that is not reachable are dropped
+ *   chain output   this host's connections to an isolated destination that is
+ *                  not reachable are reset; replies from a guarded port that
+ *                  is not alive are held (dropped), the fence's own resets aside
  *   chain forward  the same for published container ports (DNAT, then FORWARD)
  * When a reporter's heartbeats stop being re-armed, its elements expire and the
  * kernel fences at the deadline by itself, whatever happens to the monitor.
@@ -37,10 +43,45 @@ export const FENCE_RULE = 'iifname != "lo" meta l4proto tcp ct direction origina
  */
 export const FORWARD_RULE = 'meta l4proto tcp ct direction original ct original proto-dst @guarded ct original proto-dst != @alive fib saddr type != local reject with tcp reset comment "ebsmon"';
 
+/**
+ * A node's voice in its cluster (its lease at etcd, Consul or ZooKeeper, its
+ * Galera peers) is its OUTBOUND link: at the deadline, its connections to an
+ * isolated destination port are reset on their next packet and new ones
+ * refused, so a hung primary cannot renew its lock, and a resumed one cannot
+ * take it back. Loopback is spared (a local member speaks for itself).
+ */
+export const ISOLATE_RULE = 'oifname != "lo" meta l4proto tcp ct direction original ct original proto-dst @isolated ct original proto-dst != @reachable reject with tcp reset comment "ebsmon"';
+
+/** What the isolated destination still sends (a lease granted late) is dropped too. */
+export const ISOLATE_REPLY_RULE = 'iifname != "lo" meta l4proto tcp ct direction reply ct original proto-dst @isolated ct original proto-dst != @reachable drop comment "ebsmon"';
+
+/**
+ * Nothing late leaves a fenced port: a reply the service completes after the
+ * deadline (a commit that was waiting on the disk) never reaches the client,
+ * who would take it as acknowledged while the cluster has moved on. The
+ * fence's own resets (the input rule's, a destroyed socket's) still leave.
+ * `tcp flags` first: it implies the protocol the port match needs, and nft
+ * lists the rule as written.
+ */
+export const HOLD_RULE = 'oifname != "lo" tcp flags ! rst ct direction reply ct original proto-dst @guarded ct original proto-dst != @alive drop comment "ebsmon"';
+
+/** The same for a published container port's replies, the host's own peers aside. */
+export const FORWARD_HOLD_RULE = 'tcp flags ! rst ct direction reply ct original proto-dst @guarded ct original proto-dst != @alive fib daddr type != local drop comment "ebsmon"';
+
 const CHAINS = [
-  {name: 'input', hook: 'input', rule: FENCE_RULE},
-  {name: 'forward', hook: 'forward', rule: FORWARD_RULE},
+  {name: 'input', hook: 'input', rules: [FENCE_RULE, ISOLATE_REPLY_RULE]},
+  {name: 'output', hook: 'output', rules: [ISOLATE_RULE, HOLD_RULE]},
+  {name: 'forward', hook: 'forward', rules: [FORWARD_RULE, FORWARD_HOLD_RULE]},
 ] as const;
+
+/** A set of guarded ports and the set of those that pass, with their deadlines. */
+export type SetPair = {guard: 'guarded', live: 'alive'} | {guard: 'isolated', live: 'reachable'};
+/** Clients' connections to the reporter's ports. */
+export const CLIENTS: SetPair = {guard: 'guarded', live: 'alive'};
+/** The host's own connections to the reporter's cluster peers and coordinator. */
+export const VOICE: SetPair = {guard: 'isolated', live: 'reachable'};
+const PAIRS = [CLIENTS, VOICE] as const;
+type SetName = SetPair['guard'] | SetPair['live'];
 
 export type PortAlive =
   | {kind: 'armed', ms: number}
@@ -63,11 +104,13 @@ function element(port: number, alive: PortAlive): string {
 
 function schema(): Array<string> {
   return [
-    `add set ${TABLE} guarded { type inet_service; }`,
-    `add set ${TABLE} alive { type inet_service; flags timeout; }`,
+    ...PAIRS.flatMap(pair => [
+      `add set ${TABLE} ${pair.guard} { type inet_service; }`,
+      `add set ${TABLE} ${pair.live} { type inet_service; flags timeout; }`,
+    ]),
     ...CHAINS.flatMap(chain => [
       `add chain ${TABLE} ${chain.name} { type filter hook ${chain.hook} priority filter; policy accept; }`,
-      `add rule ${TABLE} ${chain.name} ${chain.rule}`,
+      ...chain.rules.map(rule => `add rule ${TABLE} ${chain.name} ${rule}`),
     ]),
   ];
 }
@@ -78,13 +121,15 @@ function schema(): Array<string> {
  * Every deadline is written as the time left to it, so a replace never
  * extends one.
  */
-export function replaceTransaction(plan: ReadonlyArray<PortPlan>): string {
+export function replaceTransaction(clients: ReadonlyArray<PortPlan>, voice: ReadonlyArray<PortPlan> = []): string {
   const commands = [`add table ${TABLE}`, `delete table ${TABLE}`, `add table ${TABLE}`, ...schema()];
-  if (plan.length > 0)
-    commands.push(`add element ${TABLE} guarded { ${join(plan.map(p => (p.comment === '' ? String(p.port) : `${p.port} comment ${quote(p.comment)}`)))} }`);
-  const alive = plan.filter(p => p.alive.kind !== 'fenced');
-  if (alive.length > 0)
-    commands.push(`add element ${TABLE} alive { ${join(alive.map(p => element(p.port, p.alive)))} }`);
+  for (const [pair, plan] of [[CLIENTS, clients], [VOICE, voice]] as const) {
+    if (plan.length > 0)
+      commands.push(`add element ${TABLE} ${pair.guard} { ${join(plan.map(p => (p.comment === '' ? String(p.port) : `${p.port} comment ${quote(p.comment)}`)))} }`);
+    const alive = plan.filter(p => p.alive.kind !== 'fenced');
+    if (alive.length > 0)
+      commands.push(`add element ${TABLE} ${pair.live} { ${join(alive.map(p => element(p.port, p.alive)))} }`);
+  }
   return commands.join('; ');
 }
 
@@ -113,23 +158,23 @@ export function isEmpty(changes: Changes): boolean {
   return Object.values(changes).every(list => list.length === 0);
 }
 
-/** One transaction for any number of ports. Never flushes a set. */
-export function changesTransaction(changes: Changes): string {
+/** One transaction for any number of ports of one pair of sets ('' when nothing changes). Never flushes a set. */
+export function changesTransaction(changes: Changes, pair: SetPair = CLIENTS): string {
   const commands: Array<string> = [];
   const aliveElement = (port: number, ms?: number) => element(port, ms === undefined ? {kind: 'open'} : {kind: 'armed', ms});
   const first = [...changes.arm.map(a => aliveElement(a.port, a.ms)), ...changes.open.map(p => aliveElement(p)), ...changes.close.map(p => aliveElement(p))];
   const removed = [...changes.arm.map(a => String(a.port)), ...changes.open.map(String), ...changes.close.map(String)];
   const last = [...changes.arm.map(a => aliveElement(a.port, a.ms)), ...changes.rearm.map(a => aliveElement(a.port, a.ms)), ...changes.open.map(p => aliveElement(p))];
   if (changes.guardedDelete.length > 0)
-    commands.push(`delete element ${TABLE} guarded { ${join(changes.guardedDelete.map(String))} }`);
+    commands.push(`delete element ${TABLE} ${pair.guard} { ${join(changes.guardedDelete.map(String))} }`);
   if (changes.guardedAdd.length > 0)
-    commands.push(`add element ${TABLE} guarded { ${join(changes.guardedAdd.map(g => (g.comment === '' ? String(g.port) : `${g.port} comment ${quote(g.comment)}`)))} }`);
+    commands.push(`add element ${TABLE} ${pair.guard} { ${join(changes.guardedAdd.map(g => (g.comment === '' ? String(g.port) : `${g.port} comment ${quote(g.comment)}`)))} }`);
   if (first.length > 0)
-    commands.push(`add element ${TABLE} alive { ${join(first)} }`);
+    commands.push(`add element ${TABLE} ${pair.live} { ${join(first)} }`);
   if (removed.length > 0)
-    commands.push(`delete element ${TABLE} alive { ${join(removed)} }`);
+    commands.push(`delete element ${TABLE} ${pair.live} { ${join(removed)} }`);
   if (last.length > 0)
-    commands.push(`add element ${TABLE} alive { ${join(last)} }`);
+    commands.push(`add element ${TABLE} ${pair.live} { ${join(last)} }`);
   return commands.join('; ');
 }
 
@@ -138,9 +183,9 @@ export function changesTransaction(changes: Changes): string {
  * is still alive when the kernel commits: the delete fails (ENOENT) for an
  * element that has run out, and with it the whole transaction.
  */
-export function releaseTransaction(ports: ReadonlyArray<number>): string {
+export function releaseTransaction(ports: ReadonlyArray<number>, pair: SetPair = CLIENTS): string {
   const list = join(ports.map(String));
-  return `delete element ${TABLE} alive { ${list} }; add element ${TABLE} alive { ${list} }`;
+  return `delete element ${TABLE} ${pair.live} { ${list} }; add element ${TABLE} ${pair.live} { ${list} }`;
 }
 
 export const LIST_TABLE = `list table ${TABLE}`;
@@ -151,7 +196,9 @@ export type ListedElement = {port: number, timeoutMs: number | null, expiresMs: 
 export type ListedTable = {
   guarded: Map<number, ListedElement>;
   alive: Map<number, ListedElement>;
-  /** The input and forward chains hold exactly their rule (whitespace aside). */
+  isolated: Map<number, ListedElement>;
+  reachable: Map<number, ListedElement>;
+  /** Every chain holds exactly its rules (whitespace aside). */
   ruleInPlace: boolean;
   /** Sets or chains other than ours, or our sets with other definitions. */
   unexpected: Array<string>;
@@ -223,33 +270,29 @@ const squash = (text: string) => text.replace(/\s+/g, ' ').trim();
 export function parseTable(text: string): ListedTable | null {
   if (!/^table inet ebsmon \{$/m.test(text))
     return null;
-  const table: ListedTable = {guarded: new Map(), alive: new Map(), ruleInPlace: false, unexpected: []};
-  let guardedOk = false;
-  let aliveOk = false;
+  const table: ListedTable = {guarded: new Map(), alive: new Map(), isolated: new Map(), reachable: new Map(), ruleInPlace: false, unexpected: []};
+  const setsOk = new Set<string>();
   const chainsOk = new Set<string>();
+  const heads = new Map<string, string>(PAIRS.flatMap(pair => [[pair.guard, 'type inet_service'], [pair.live, 'type inet_service flags timeout']]));
   for (const block of blocks(text)) {
     const elements = /elements = \{([\s\S]*?)\}\s*$/.exec(block.body);
     const head = squash(block.body.replace(/elements = \{[\s\S]*?\}\s*$/, ''));
-    if (block.kind === 'set' && block.name === 'guarded' && head === 'type inet_service') {
-      guardedOk = true;
-      table.guarded = elements === null ? new Map() : parseElements(elements[1]!);
-    } else if (block.kind === 'set' && block.name === 'alive' && head === 'type inet_service flags timeout') {
-      aliveOk = true;
-      table.alive = elements === null ? new Map() : parseElements(elements[1]!);
+    if (block.kind === 'set' && heads.get(block.name) === head) {
+      setsOk.add(block.name);
+      table[block.name as SetName] = elements === null ? new Map() : parseElements(elements[1]!);
     } else if (block.kind === 'chain' && CHAINS.some(c => c.name === block.name)) {
       const chain = CHAINS.find(c => c.name === block.name)!;
       const lines = block.body.split('\n').map(squash).filter(Boolean);
-      if (lines.length === 2 && lines[0] === `type filter hook ${chain.hook} priority filter; policy accept;` && lines[1] === chain.rule)
+      if (lines.length === chain.rules.length + 1 && lines[0] === `type filter hook ${chain.hook} priority filter; policy accept;` && chain.rules.every((rule, i) => lines[i + 1] === rule))
         chainsOk.add(chain.name);
     } else {
       table.unexpected.push(`${block.kind} ${block.name}`);
     }
   }
   table.ruleInPlace = chainsOk.size === CHAINS.length;
-  if (!guardedOk)
-    table.unexpected.push('set guarded (missing or changed)');
-  if (!aliveOk)
-    table.unexpected.push('set alive (missing or changed)');
+  for (const name of heads.keys())
+    if (!setsOk.has(name))
+      table.unexpected.push(`set ${name} (missing or changed)`);
   return table;
 }
 

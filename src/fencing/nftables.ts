@@ -3,8 +3,8 @@ import {RateLimitedLog} from '../log';
 import type {SpawnHelper, StreamChild} from '../spawn';
 import {describeRun} from './firewall';
 import type {ApplyResult, DesiredReporter, Firewall, KernelView, ReleaseResult, Runner} from './firewall';
-import {CAPABILITY_PORT, LIST_TABLE, TABLE, changesTransaction, commentFor, deleteTableTransaction, emptyChanges, isEmpty, isMissing, isTableDeletion, parseTable, releaseTransaction, replaceTransaction} from './nft';
-import type {Changes, ListedTable, PortAlive, PortPlan} from './nft';
+import {CAPABILITY_PORT, CLIENTS, LIST_TABLE, TABLE, VOICE, changesTransaction, commentFor, deleteTableTransaction, emptyChanges, isEmpty, isMissing, isTableDeletion, parseTable, releaseTransaction, replaceTransaction} from './nft';
+import type {ListedTable, PortAlive, PortPlan, SetPair} from './nft';
 
 /**
  * nft -i reads one command line at a time and prints results and errors to
@@ -125,6 +125,114 @@ export type NftablesOptions = {
 /** What the kernel holds for a port, as last acknowledged: one object per port, updated in place. */
 type Applied = {comment: string, alive: {kind: PortAlive['kind'], ms: number, until: number}, certain: boolean};
 
+/** One pair of sets (guarded and alive, or isolated and reachable) as the kernel holds it after the last acknowledged write. */
+class PairState {
+  readonly applied = new Map<number, Applied>();
+
+  constructor(readonly sets: SetPair) {
+  }
+
+  /** The smallest transaction from what the kernel holds (as last acknowledged) to `plan`; '' when none is needed. */
+  transaction(plan: Map<number, PlanEntry>, updatesTimeouts: boolean): string {
+    const changes = emptyChanges();
+    for (const [port, want] of plan) {
+      const have = this.applied.get(port);
+      if (have === undefined || have.comment !== want.comment) {
+        if (have !== undefined)
+          changes.guardedDelete.push(port);
+        changes.guardedAdd.push({port, comment: want.comment});
+      }
+      const alive = want.alive;
+      if (alive.kind === 'fenced') {
+        if (have === undefined || have.alive.kind !== 'fenced')
+          changes.close.push(port);
+      } else if (alive.kind === 'open') {
+        if (have?.alive.kind !== 'open')
+          changes.open.push(port);
+      } else if (have?.alive.kind !== 'armed' || have.alive.until !== alive.until) {
+        if (updatesTimeouts && have?.certain === true && have.alive.kind === 'armed') {
+          const ms = rearmTimeout(have.alive.ms, alive.ms);
+          alive.ms = ms;
+          changes.rearm.push({port, ms});
+        } else {
+          changes.arm.push({port, ms: alive.ms});
+        }
+      }
+    }
+    for (const port of this.applied.keys())
+      if (!plan.has(port)) {
+        changes.guardedDelete.push(port);
+        changes.close.push(port);
+      }
+    return isEmpty(changes) ? '' : changesTransaction(changes, this.sets);
+  }
+
+  /** The kernel acknowledged `plan`: returns the ports it fenced that were not fenced before. */
+  commit(plan: Map<number, PlanEntry>): Array<number> {
+    const newlyFenced: Array<number> = [];
+    for (const [port, want] of plan) {
+      const before = this.applied.get(port);
+      if (want.alive.kind === 'fenced' && (before === undefined || before.alive.kind !== 'fenced'))
+        newlyFenced.push(port);
+      const alive = want.alive;
+      const ms = alive.kind === 'armed' ? alive.ms : 0;
+      const until = alive.until ?? 0;
+      if (before === undefined) {
+        this.applied.set(port, {comment: want.comment, alive: {kind: alive.kind, ms, until}, certain: true});
+      } else {
+        before.comment = want.comment;
+        before.certain = true;
+        before.alive.kind = alive.kind;
+        before.alive.ms = ms;
+        before.alive.until = until;
+      }
+    }
+    for (const port of [...this.applied.keys()])
+      if (!plan.has(port))
+        this.applied.delete(port);
+    return newlyFenced;
+  }
+
+  opened(ports: ReadonlyArray<number>): void {
+    for (const port of ports) {
+      const entry = this.applied.get(port);
+      if (entry !== undefined) {
+        entry.alive.kind = 'open';
+        entry.alive.ms = 0;
+        entry.alive.until = 0;
+      }
+    }
+  }
+
+  /** A write failed: what the kernel holds is unknown until the next replace. */
+  uncertain(): void {
+    for (const entry of this.applied.values())
+      entry.certain = false;
+  }
+
+  /** What a read-back finds wrong, in words. */
+  problems(guard: Map<number, unknown>, live: Map<number, {timeoutMs: number | null}>, now: number): Array<string> {
+    const problems: Array<string> = [];
+    const {guard: guardName} = this.sets;
+    for (const [port, have] of this.applied) {
+      if (!guard.has(port))
+        problems.push(`port ${port} is not in ${guardName}`);
+      const alive = live.get(port);
+      // An armed element that is gone but not yet due, or an element where a fence should be.
+      if (have.alive.kind === 'fenced' && alive !== undefined)
+        problems.push(`fenced port ${port} (${guardName}) is alive`);
+      if (have.alive.kind === 'open' && (alive === undefined || alive.timeoutMs !== null))
+        problems.push(`open port ${port} (${guardName}) is not open`);
+      if (have.alive.kind === 'armed' && alive === undefined && (have.alive.until ?? 0) > now + 1_000)
+        problems.push(`armed port ${port} (${guardName}) lost its deadline`);
+    }
+    for (const port of guard.keys())
+      if (!this.applied.has(port))
+        problems.push(`port ${port} is in ${guardName} but not ours`);
+    return problems;
+  }
+}
+
 const DEFAULT_ACK_MS = 3_000;
 const JIFFY_SAFE_MS = 10;
 /**
@@ -150,7 +258,8 @@ export class NftablesFirewall implements Firewall {
   private session: NftSession | null = null;
   private starting: Promise<NftSession | null> | null = null;
   private generation = 0;
-  private readonly applied = new Map<number, Applied>();
+  private readonly clients = new PairState(CLIENTS);
+  private readonly voice = new PairState(VOICE);
   /** Until a transaction has been acknowledged, the table is written whole. */
   private replaceNext = true;
   /** The kernel changes an element's timeout on a plain re-add when it differs (Linux 6.10+?): learnt at start-up. */
@@ -251,16 +360,17 @@ export class NftablesFirewall implements Firewall {
     const listed = await this.read();
     if (listed === 'failed')
       return null;
-    const view: KernelView = {ports: new Map()};
+    const view: KernelView = {ports: new Map(), isolated: new Map()};
     if (listed === 'missing')
       return view;
-    for (const [port, element] of listed.guarded) {
-      const alive = listed.alive.get(port);
-      view.ports.set(port, {
-        owners: (element.comment ?? '').split(',').filter(Boolean),
-        alive: alive === undefined ? 'fenced' : {leftMs: alive.timeoutMs === null ? null : alive.expiresMs ?? alive.timeoutMs},
-      });
-    }
+    for (const [guard, live, into] of [[listed.guarded, listed.alive, view.ports], [listed.isolated, listed.reachable, view.isolated]] as const)
+      for (const [port, element] of guard) {
+        const alive = live.get(port);
+        into.set(port, {
+          owners: (element.comment ?? '').split(',').filter(Boolean),
+          alive: alive === undefined ? 'fenced' : {leftMs: alive.timeoutMs === null ? null : alive.expiresMs ?? alive.timeoutMs},
+        });
+      }
     return view;
   }
 
@@ -276,14 +386,14 @@ export class NftablesFirewall implements Firewall {
   async apply(desired: ReadonlyArray<DesiredReporter>): Promise<ApplyResult> {
     const replacing = this.replaceNext;
     const render = (at: number) => {
-      const plan = planPorts(desired, at);
+      const plans = {clients: planPorts(desired, at, 'clients'), voice: planPorts(desired, at, 'voice')};
       if (replacing)
-        return {plan, line: replaceTransaction([...plan.values()])};
-      const changes = this.diff(plan);
-      return {plan, line: isEmpty(changes) ? null : changesTransaction(changes)};
+        return {plans, line: replaceTransaction([...plans.clients.values()], [...plans.voice.values()])};
+      const text = [this.clients.transaction(plans.clients, this.updatesTimeouts), this.voice.transaction(plans.voice, this.updatesTimeouts)].filter(part => part !== '').join('; ');
+      return {plans, line: text === '' ? null : text};
     };
     const now = performance.now();
-    let {plan, line} = render(now);
+    let {plans, line} = render(now);
     if (line === null)
       return {ok: true, newlyFenced: [], earlyMs: EARLY_MS};
     // The kernel starts a timeout when it commits, after nft has read and parsed the whole
@@ -291,7 +401,7 @@ export class NftablesFirewall implements Firewall {
     // write the time left as of then, or 1000 deadlines would land up to 50 ms late.
     const lead = Math.min(500, this.msPerByte * line.length);
     if (lead >= 1)
-      ({plan, line} = render(now + lead));
+      ({plans, line} = render(now + lead));
     if (line === null)
       return {ok: true, newlyFenced: [], earlyMs: EARLY_MS};
     const reply = await this.request(line);
@@ -302,66 +412,54 @@ export class NftablesFirewall implements Firewall {
       if (!replacing && reply.failure === 'error' && isMissing(reply.output))
         this.lostTable();
       this.replaceNext = true;
-      for (const entry of this.applied.values())
-        entry.certain = false;
+      this.clients.uncertain();
+      this.voice.uncertain();
       return {ok: false, detail: reply.output.split('\n').slice(0, 3).join(' | ') || reply.failure || 'failed'};
     }
-    const newlyFenced: Array<number> = [];
-    for (const [port, want] of plan) {
-      const before = this.applied.get(port);
-      if (want.alive.kind === 'fenced' && (before === undefined || before.alive.kind !== 'fenced'))
-        newlyFenced.push(port);
-      const alive = want.alive;
-      const ms = alive.kind === 'armed' ? alive.ms : 0;
-      const until = alive.until ?? 0;
-      if (before === undefined) {
-        this.applied.set(port, {comment: want.comment, alive: {kind: alive.kind, ms, until}, certain: true});
-      } else {
-        before.comment = want.comment;
-        before.certain = true;
-        before.alive.kind = alive.kind;
-        before.alive.ms = ms;
-        before.alive.until = until;
-      }
-    }
-    for (const port of [...this.applied.keys()])
-      if (!plan.has(port))
-        this.applied.delete(port);
+    const newlyFenced = this.clients.commit(plans.clients);
+    this.voice.commit(plans.voice);
     this.replaceNext = false;
     // An element written with the time left as of now + lead runs out up to `lead` early if nft commits at once.
     return {ok: true, newlyFenced, earlyMs: EARLY_MS + Math.max(0, lead)};
   }
 
-  async release(ports: ReadonlyArray<number>): Promise<ReleaseResult> {
+  async release(ports: {clients: ReadonlyArray<number>, voice: ReadonlyArray<number>}): Promise<ReleaseResult> {
+    const clients = await this.releasePair(this.clients, ports.clients);
+    if ('failed' in clients)
+      return clients;
+    const voice = await this.releasePair(this.voice, ports.voice);
+    if ('failed' in voice)
+      return voice;
+    return {opened: clients.opened, expired: clients.expired, voiceOpened: voice.opened, voiceExpired: voice.expired};
+  }
+
+  /**
+   * Ports of one pair of sets get elements with no timeout, in one transaction
+   * while every one is still alive, else one at a time: the delete of an
+   * element that has run out fails (ENOENT), and its whole transaction with it.
+   */
+  private async releasePair(pair: PairState, ports: ReadonlyArray<number>): Promise<{opened: Array<number>, expired: Array<number>} | {failed: string}> {
     const opened: Array<number> = [];
     const expired: Array<number> = [];
     const attempt = async (batch: ReadonlyArray<number>): Promise<'ok' | 'expired' | {failed: string}> => {
       if (batch.length === 0)
         return 'ok';
-      const reply = await this.request(releaseTransaction(batch));
+      const reply = await this.request(releaseTransaction(batch, pair.sets));
       if (reply.ok) {
-        for (const port of batch) {
-          opened.push(port);
-          const entry = this.applied.get(port);
-          if (entry !== undefined) {
-            entry.alive.kind = 'open';
-            entry.alive.ms = 0;
-            entry.alive.until = 0;
-          }
-        }
+        opened.push(...batch);
+        pair.opened(batch);
         return 'ok';
       }
-      // The delete of an element that has run out fails with ENOENT, and the whole transaction with it.
       return reply.failure === 'error' && isMissing(reply.output) ? 'expired' : {failed: reply.output.split('\n')[0] || reply.failure || 'failed'};
     };
     let result = await attempt(ports);
     if (result === 'expired') {
-      // Some deadline ran out: the ones the kernel still holds alive go in one more transaction, then one at a time.
       const listed = await this.read();
       if (typeof listed !== 'object')
         return {failed: `cannot read table inet ebsmon back (${listed})`};
-      const alive = ports.filter(port => listed.alive.has(port));
-      expired.push(...ports.filter(port => !listed.alive.has(port)));
+      const live = listed[pair.sets.live];
+      const alive = ports.filter(port => live.has(port));
+      expired.push(...ports.filter(port => !live.has(port)));
       result = await attempt(alive);
       if (result === 'expired') {
         for (const port of alive) {
@@ -375,41 +473,6 @@ export class NftablesFirewall implements Firewall {
       }
     }
     return result === 'ok' ? {opened, expired} : result;
-  }
-
-  /** The smallest transaction from what the kernel holds (as last acknowledged) to `plan`. */
-  private diff(plan: Map<number, PortPlan & {alive: PortAlive & {until?: number}}>): Changes {
-    const changes = emptyChanges();
-    for (const [port, want] of plan) {
-      const have = this.applied.get(port);
-      if (have === undefined || have.comment !== want.comment) {
-        if (have !== undefined)
-          changes.guardedDelete.push(port);
-        changes.guardedAdd.push({port, comment: want.comment});
-      }
-      const alive = want.alive;
-      if (alive.kind === 'fenced') {
-        if (have === undefined || have.alive.kind !== 'fenced')
-          changes.close.push(port);
-      } else if (alive.kind === 'open') {
-        if (have?.alive.kind !== 'open')
-          changes.open.push(port);
-      } else if (have?.alive.kind !== 'armed' || have.alive.until !== alive.until) {
-        if (this.updatesTimeouts && have?.certain === true && have.alive.kind === 'armed') {
-          const ms = rearmTimeout(have.alive.ms, alive.ms);
-          alive.ms = ms;
-          changes.rearm.push({port, ms});
-        } else {
-          changes.arm.push({port, ms: alive.ms});
-        }
-      }
-    }
-    for (const port of this.applied.keys())
-      if (!plan.has(port)) {
-        changes.guardedDelete.push(port);
-        changes.close.push(port);
-      }
-    return changes;
   }
 
   /**
@@ -445,21 +508,7 @@ export class NftablesFirewall implements Firewall {
     const problems: Array<string> = [...listed.unexpected];
     if (!listed.ruleInPlace)
       problems.push('the fence rule is missing or changed');
-    for (const [port, have] of this.applied) {
-      if (!listed.guarded.has(port))
-        problems.push(`port ${port} is not guarded`);
-      const alive = listed.alive.get(port);
-      // An armed element that is gone but not yet due, or an element where a fence should be.
-      if (have.alive.kind === 'fenced' && alive !== undefined)
-        problems.push(`fenced port ${port} is alive`);
-      if (have.alive.kind === 'open' && (alive === undefined || alive.timeoutMs !== null))
-        problems.push(`open port ${port} is not open`);
-      if (have.alive.kind === 'armed' && alive === undefined && (have.alive.until ?? 0) > now + 1_000)
-        problems.push(`armed port ${port} lost its deadline`);
-    }
-    for (const port of listed.guarded.keys())
-      if (!this.applied.has(port))
-        problems.push(`port ${port} is guarded but not ours`);
+    problems.push(...this.clients.problems(listed.guarded, listed.alive, now), ...this.voice.problems(listed.isolated, listed.reachable, now));
     if (problems.length === 0)
       return true;
     this.options.logger.warn('the ebsmon table was changed behind its back; rewriting it', {problems: problems.slice(0, 5).join('; ')});
@@ -537,17 +586,20 @@ const OPEN: PortAlive = Object.freeze({kind: 'open'});
  * is fenced if any of them is, else armed to the earliest of their deadlines,
  * else open. One pass, one object per port: it runs on every flush.
  */
-export function planPorts(desired: ReadonlyArray<DesiredReporter>, now: number): Map<number, PlanEntry> {
+export function planPorts(desired: ReadonlyArray<DesiredReporter>, now: number, which: 'clients' | 'voice' = 'clients'): Map<number, PlanEntry> {
   const plan = new Map<number, PlanEntry>();
   let shared = false;
   for (const reporter of desired) {
-    const arm = reporter.arm;
+    const arm = which === 'clients' ? reporter.arm : reporter.voice;
+    const ports = which === 'clients' ? reporter.ports : reporter.isolate;
+    if (ports.length === 0)
+      continue;
     const alive: PortAlive & {until?: number} = arm.state === 'fenced' || (arm.state === 'armed' && arm.until <= now + 1) ? FENCED
       : arm.state === 'open' ? OPEN : {kind: 'armed', ms: arm.until - now, until: arm.until};
-    for (const port of reporter.ports) {
+    for (const port of ports) {
       const entry = plan.get(port);
       if (entry === undefined) {
-        plan.set(port, {port, comment: reporter.name, alive: alive.kind === 'armed' && reporter.ports.length > 1 ? {...alive} : alive});
+        plan.set(port, {port, comment: reporter.name, alive: alive.kind === 'armed' && ports.length > 1 ? {...alive} : alive});
         continue;
       }
       shared = true;

@@ -64,6 +64,33 @@ export const isDeviceStats = isExactObject({
 
 const isDeviceList = isBoundedArray(isDeviceStats, {min: 1, max: MAX_PATHS});
 
+/** Destination ports a reporter's host must stop reaching while it is fenced. */
+export const MAX_ISOLATE = 16;
+/** The longest rejoin program output a heartbeat carries. */
+export const REJOIN_REASON_MAX = 512;
+
+export const REJOIN_MODES = ['auto', 'manual', 'program'] as const;
+/**
+ * What a rejoin program last answered: `clients` (take clients again: exit
+ * 0), `voice` (reach the coordinator again, not clients yet: exit 10), or
+ * `none` (not yet).
+ */
+export const REJOIN_ANSWERS = ['none', 'voice', 'clients'] as const;
+
+/**
+ * When a fenced reporter may take clients again, once its disks are proven:
+ * `auto` after --recover heartbeats, `manual` only by unblock, `program` when
+ * the reporter's rejoin program says so, in stages. `answer`, `startedAt`
+ * (epoch ms: when the run that gave it started) and `reason` (its output)
+ * come with `program` once it has run.
+ */
+export const isRejoin = isExactObject({
+  mode: isStringWhere('auto, manual or program', text => (REJOIN_MODES as ReadonlyArray<string>).includes(text)) as t.StrictValidator<unknown, typeof REJOIN_MODES[number]>,
+  answer: t.isOptional(isStringWhere('none, voice or clients', text => (REJOIN_ANSWERS as ReadonlyArray<string>).includes(text)) as t.StrictValidator<unknown, typeof REJOIN_ANSWERS[number]>),
+  startedAt: t.isOptional(isNonNegative),
+  reason: t.isOptional(isText(REJOIN_REASON_MAX)),
+});
+
 export const isHeartbeat = isExactObject({
   v: t.isLiteral(PROTOCOL_VERSION),
   kind: t.isLiteral('heartbeat'),
@@ -79,6 +106,10 @@ export const isHeartbeat = isExactObject({
   paths: t.isOptional(isBoundedArray(isPathInfo, {min: 1, max: MAX_PATHS})),
   /** Optional: the watched paths' block devices, one entry per device (reporters before issue 16 did not send it). */
   devices: t.isOptional(isDeviceList),
+  /** Optional: destination ports to isolate this host from while fenced. */
+  isolate: t.isOptional(isDistinctArray(isPort, {min: 1, max: MAX_ISOLATE})),
+  /** Optional: its rejoin condition (absent: auto). */
+  rejoin: t.isOptional(isRejoin),
 });
 
 /**
@@ -126,6 +157,8 @@ export const isUnblock = t.isOneOf([isUnblockOne, isUnblockAll], {exclusive: tru
 export type Heartbeat = t.InferType<typeof isHeartbeat>;
 export type PathInfo = t.InferType<typeof isPathInfo>;
 export type DeviceStats = t.InferType<typeof isDeviceStats>;
+export type Rejoin = t.InferType<typeof isRejoin>;
+export type RejoinAnswer = typeof REJOIN_ANSWERS[number];
 export type Failing = t.InferType<typeof isFailing>;
 export type Goodbye = t.InferType<typeof isGoodbye>;
 export type UnblockOne = t.InferType<typeof isUnblockOne>;

@@ -12,7 +12,7 @@ import type {Logger} from '../log';
 import type {FirewallChoice} from '../options';
 import {mountOf, readMountTable} from '../probe';
 import {SpawnHelper} from '../spawn';
-import {METRICS_FILE, SNAPSHOT_VERSION, copyAtomicAsync, emptyRejections, readSnapshot, renderMetricsTo, writeAtomicChunks, writeSnapshot} from '../state';
+import {FencedFiles, METRICS_FILE, SNAPSHOT_VERSION, copyAtomicAsync, emptyRejections, readSnapshot, renderMetricsTo, writeAtomicChunks, writeSnapshot} from '../state';
 import type {Snapshot} from '../state';
 import {ensureFifo, openFifoReader} from '../transport';
 import {Applier} from './applier';
@@ -129,6 +129,19 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     throw error;
   }
   const effects = new SideEffects(run, logger, options.onChange);
+  const fencedFiles = new FencedFiles(options.stateDir);
+  // The state directory is tmpfs: these writes cannot hang.
+  const tellReporter = (name: string) => {
+    const record = registry.reporters.get(name);
+    try {
+      if (record !== undefined && record.life.state === 'fenced')
+        fencedFiles.set(name, record.life.since);
+      else
+        fencedFiles.clear(name);
+    } catch (error) {
+      limited.log('error', 'fenced-file', `cannot tell ${name} it is fenced: ${(error as Error).message}`);
+    }
+  };
 
   let firewallOk = true;
   /** How early, at most, the kernel may let an element written by the last apply run out. */
@@ -168,6 +181,7 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     changed: urgency => applier.schedule(urgency),
     transition: transition => {
       scheduleSnapshot();
+      tellReporter(transition.name);
       if (transition.state !== 'forgotten')
         transitions.push(transition);
     },
@@ -267,6 +281,7 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
       logger.warn(`ebsmon port(s) ${orphans.join(',')} in the firewall have no reporter in the previous snapshot: adopted as the kernel holds them (a fenced one stays fenced until its reporter heartbeats or an operator unblocks it)`);
   }
   registry.adopt(previous?.reporters ?? [], kernel, firewall.holdsDeadlines);
+  fencedFiles.sync(new Map([...registry.reporters.values()].flatMap(r => (r.life.state === 'fenced' ? [[r.name, r.life.since] as const] : []))));
   if (previous !== null) {
     const fenced = registry.snapshot().filter(r => r.state === 'fenced').map(r => r.name);
     logger.info(`adopted ${previous.reporters.length} reporter(s) from the previous snapshot`, {fenced: fenced.join(',') || '(none)', deadlines: firewall.holdsDeadlines ? 'as the kernel holds them' : `${options.timeout} s to check in`});
@@ -336,20 +351,21 @@ async function leaveFirewall(registry: Registry, applier: Applier, firewall: Fir
   if (final !== null && final.ok) {
     released = await timeout(firewall.release(registry.releasable()));
     if (released !== null && 'expired' in released)
-      registry.expiredInKernel(released.expired);
+      registry.expiredInKernel(released.expired, released.voiceExpired);
   }
   if (final === null || !final.ok || released === null || 'failed' in released) {
     const why = final === null || released === null ? 'no answer' : !final.ok ? final.detail : 'failed' in released ? released.failed : '';
     logger.error(`could not write the stopping state to the firewall (${why}): every deadline the kernel holds runs on, so a reporter left unproven is fenced when its deadline runs out`);
   }
   const open = new Set(released !== null && 'opened' in released ? released.opened : []);
+  const voiceOpen = new Set(released !== null && 'opened' in released ? released.voiceOpened : []);
   for (const reporter of registry.snapshot()) {
     const meta = {reporter: reporter.name, ports: reporter.ports.join(',')};
     if (reporter.state === 'fenced')
       logger.warn(`${reporter.name}: left fenced: its deadline ran out at ${new Date(reporter.fencedSince ?? Date.now()).toISOString()} (${reporter.reason})`, meta);
     else if (reporter.state === 'overridden')
       logger.info(`${reporter.name}: left open, overridden by ${reporter.overriddenBy ?? 'an operator'}`, meta);
-    else if (reporter.ports.every(port => open.has(port)))
+    else if (reporter.ports.every(port => open.has(port)) && (reporter.isolate ?? []).every(port => voiceOpen.has(port)))
       logger.info(`${reporter.name}: left open without a deadline`, meta);
     else
       logger.warn(`${reporter.name}: left with the deadline the kernel holds (${reporter.deadlineAt == null ? 'unknown' : new Date(reporter.deadlineAt).toISOString()}): it could not be released`, meta);

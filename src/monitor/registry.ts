@@ -1,8 +1,8 @@
-import type {Arm, DesiredReporter, KernelView} from '../fencing';
-import type {DeviceStats, Failing, Goodbye, Heartbeat, PathInfo, Unblock} from '../heartbeat';
+import type {Arm, DesiredReporter, KernelPort, KernelView} from '../fencing';
+import type {DeviceStats, Failing, Goodbye, Heartbeat, PathInfo, Rejoin, Unblock} from '../heartbeat';
 import {FENCE_BUCKETS, HISTORY_MAX} from '../state';
 import type {FenceDurations, HistoryEntry, ReporterSnapshot, ReporterState} from '../state';
-import {step} from './lifecycle';
+import {AUTO, step} from './lifecycle';
 import type {Life, LifeConfig, LifeEvent} from './lifecycle';
 
 /** Injected so the registry and the apply loop can run on a fake clock in tests. */
@@ -53,6 +53,10 @@ export type ReporterRecord = {
   name: string;
   pid: number;
   ports: ReadonlyArray<number>;
+  /** Destination ports its host must not reach while it is fenced. */
+  isolate: ReadonlyArray<number>;
+  /** Its rejoin condition, as its last heartbeat said (auto until one says otherwise). */
+  rejoin: Rejoin;
   life: Life;
   /** Epoch ms; NaN until the first heartbeat. Numbers, never null: V8 then keeps them unboxed in the record. */
   lastHeartbeatAt: number;
@@ -92,6 +96,8 @@ export type ReporterRecord = {
   /** Reused by desired(): what the firewall should hold for this reporter. */
   wish: DesiredReporter & {ports: ReadonlyArray<number>, arm: Arm};
   armed: {state: 'armed', until: number};
+  /** A fenced reporter's voice, given back by its rejoin program until this deadline. */
+  voiced: {state: 'armed', until: number};
 };
 
 const FENCED: Arm = Object.freeze({state: 'fenced'});
@@ -127,7 +133,9 @@ export class Registry {
       let reason = snapshot.reason;
       let fenceCount = snapshot.fenceCount;
       if (snapshot.state === 'fenced') {
-        life = {state: 'fenced', since: snapshot.fencedSince ?? wall, streak: 0, lastSentAt: null};
+        // A voice given back stays as long as the kernel still holds it, never longer.
+        const voiceLeft = snapshot.rejoin?.stage === 'voice' && holdsDeadlines && view !== null ? heldFrom(snapshot.isolate ?? [], view.isolated, now) : Infinity;
+        life = {state: 'fenced', since: snapshot.fencedSince ?? wall, streak: 0, lastSentAt: null, voiceUntil: voiceLeft > now && voiceLeft < Infinity ? voiceLeft : null};
       } else if (snapshot.state === 'overridden') {
         life = {state: 'overridden', at: snapshot.overriddenAt ?? wall, by: snapshot.overriddenBy ?? 'unknown'};
       } else {
@@ -143,7 +151,7 @@ export class Registry {
           }
         }
         if (expired || (holdsDeadlines && unreadable)) {
-          life = {state: 'fenced', since: wall, streak: 0, lastSentAt: null};
+          life = {state: 'fenced', since: wall, streak: 0, lastSentAt: null, voiceUntil: null};
           reason = expired ? 'its deadline passed while no monitor was running: the kernel fenced it'
             : 'the kernel\'s deadlines could not be read at start-up: fenced until it heartbeats again, never opened unproven';
           fenceCount += 1;
@@ -155,6 +163,8 @@ export class Registry {
         name: snapshot.name,
         pid: snapshot.pid,
         ports: [...snapshot.ports],
+        isolate: [...(snapshot.isolate ?? [])],
+        rejoin: snapshot.rejoin === undefined || snapshot.rejoin.mode === 'auto' ? AUTO : {mode: snapshot.rejoin.mode},
         life,
         lastHeartbeatAt: snapshot.lastHeartbeatAt ?? NaN,
         lastBeatMono: snapshot.lastHeartbeatAt === null ? now : now - Math.max(0, wall - snapshot.lastHeartbeatAt),
@@ -175,7 +185,7 @@ export class Registry {
         fences: adoptFences(snapshot.fenceDurations),
         timer: null,
         timerAt: Infinity,
-        heldUntil: life.state === 'healthy' && holdsDeadlines && view !== null ? heldFrom(snapshot.ports, view, now) : Infinity,
+        heldUntil: life.state === 'healthy' && holdsDeadlines && view !== null ? heldFrom(snapshot.ports, view.ports, now) : Infinity,
         warnedSlowProbe: false,
         ...wishFor(snapshot.name),
       };
@@ -218,6 +228,8 @@ export class Registry {
         name: message.name,
         pid: message.pid,
         ports,
+        isolate: message.isolate ?? [],
+        rejoin: message.rejoin ?? AUTO,
         life: {state: 'healthy', until},
         lastHeartbeatAt: NaN,
         lastBeatMono: now,
@@ -260,9 +272,9 @@ export class Registry {
 
     const before = record.life.state;
     this.settle(record);
-    const portsChanged = !samePorts(record.ports, ports);
+    const portsChanged = !samePorts(record.ports, ports) || !samePorts(record.isolate, message.isolate ?? []);
     this.accept(record, message, ports, now, wall);
-    const result = this.apply(record, {type: 'heartbeat', now, sentAt: message.sentAt, until});
+    const result = this.apply(record, {type: 'heartbeat', now, sentAt: message.sentAt, until, rejoin: record.rejoin});
     if (result === 'recovering')
       this.effects.log('debug', `${record.name} heartbeat ${(record.life as {streak: number}).streak}/${this.options.recover} towards recovery`, {reporter: record.name});
     else if (result === 'before-fence')
@@ -276,6 +288,10 @@ export class Registry {
     record.pid = message.pid;
     if (!samePorts(record.ports, ports))
       record.ports = ports;
+    const isolate = message.isolate ?? [];
+    if (!samePorts(record.isolate, isolate))
+      record.isolate = isolate;
+    record.rejoin = message.rejoin ?? AUTO;
     record.lastBeatMono = now - age;
     record.lastHeartbeatAt = wall - age;
     record.lastProbeMs = message.probeMs;
@@ -380,16 +396,23 @@ export class Registry {
     if (result.change === null)
       return result.note === 'recovering' || result.note === 'before-fence' ? result.note : 'unchanged';
     const {to, reason} = result.change;
-    record.reason = reason;
     const wall = this.clock.wall();
+    const ports = record.ports.join(',') || '(none)';
+    if (from.state === 'fenced' && to === 'fenced') {
+      // Its voice given back or taken again: the fence itself (its reason, its start) stays.
+      this.effects.log(record.life.state === 'fenced' && record.life.voiceUntil !== null ? 'warn' : 'error', `${record.name}: ${reason}`, {reporter: record.name, isolate: record.isolate.join(',')});
+      this.remember(record, 'fenced', 'fenced', reason, wall, false);
+      this.effects.transition({name: record.name, ports: record.ports, state: to, reason});
+      return 'changed';
+    }
+    record.reason = reason;
     if (from.state === 'fenced')
       this.fenceEnded(record, Math.max(0, wall - from.since) / 1000);
     this.remember(record, from.state, to, reason, wall);
-    const ports = record.ports.join(',') || '(none)';
     switch (to) {
       case 'fenced':
         record.fenceCount += 1;
-        this.effects.log('error', `${record.name}: ${reason}; fencing ports ${ports}`, {reporter: record.name});
+        this.effects.log('error', `${record.name}: ${reason}; fencing ports ${ports}${record.isolate.length === 0 ? '' : ` and isolating this host from port(s) ${record.isolate.join(',')}`}`, {reporter: record.name});
         break;
       case 'healthy':
         if (from.state === 'fenced') {
@@ -408,11 +431,12 @@ export class Registry {
   }
 
   /** History: one entry per transition, the oldest dropped beyond HISTORY_MAX. */
-  private remember(record: ReporterRecord, from: ReporterState, to: ReporterState, reason: string, wall: number): void {
+  private remember(record: ReporterRecord, from: ReporterState, to: ReporterState, reason: string, wall: number, newState = true): void {
     record.history.push({at: wall, from, state: to, previousSeconds: Number.isNaN(record.since) ? null : Math.round(Math.max(0, wall - record.since)) / 1000, reason});
     if (record.history.length > HISTORY_MAX)
       record.history.splice(0, record.history.length - HISTORY_MAX);
-    record.since = wall;
+    if (newState)
+      record.since = wall;
   }
 
   private fenceEnded(record: ReporterRecord, seconds: number): void {
@@ -433,6 +457,10 @@ export class Registry {
   private settle(record: ReporterRecord): void {
     const now = this.clock.mono();
     const due = dueOf(record);
+    if (record.life.state === 'fenced' && now >= due) {
+      this.apply(record, {type: 'deadline', now, wall: this.clock.wall() - (now - due), silentMs: due - record.lastBeatMono});
+      return;
+    }
     if (record.life.state === 'healthy' && now >= due) {
       // Words sent after the last heartbeat explain the silence; older ones do not.
       const said = record.said !== '' && !(record.saidAt < record.lastHeartbeatAt) ? record.said : undefined;
@@ -491,11 +519,12 @@ export class Registry {
    * ports it still held alive): their reporters are fenced, whatever the
    * registry believed.
    */
-  expiredInKernel(ports: ReadonlyArray<number>): void {
+  expiredInKernel(ports: ReadonlyArray<number>, isolated: ReadonlyArray<number> = []): void {
     const gone = new Set(ports);
+    const cut = new Set(isolated);
     const now = this.clock.mono();
     for (const record of this.reporters.values())
-      if (record.life.state === 'healthy' && record.ports.some(port => gone.has(port))) {
+      if (record.life.state === 'healthy' && (record.ports.some(port => gone.has(port)) || record.isolate.some(port => cut.has(port)))) {
         record.heldUntil = Math.min(record.heldUntil, now);
         this.settle(record);
       }
@@ -506,7 +535,7 @@ export class Registry {
    * the deadline; the timer, when it fires early, sets itself for the rest.
    */
   private schedule(record: ReporterRecord): void {
-    if (record.life.state !== 'healthy') {
+    if (dueOf(record) === Infinity) {
       this.clock.clearTimer(record.timer);
       record.timer = null;
       record.timerAt = Infinity;
@@ -549,12 +578,23 @@ export class Registry {
         this.settle(record);
       const wish = record.wish;
       wish.ports = record.ports;
+      wish.isolate = record.isolate;
       const life = record.life;
       if (life.state === 'healthy') {
         record.armed.until = life.until;
         wish.arm = record.armed;
+        wish.voice = record.armed;
+      } else if (life.state === 'fenced') {
+        wish.arm = FENCED;
+        if (life.voiceUntil === null) {
+          wish.voice = FENCED;
+        } else {
+          record.voiced.until = life.voiceUntil;
+          wish.voice = record.voiced;
+        }
       } else {
-        wish.arm = life.state === 'fenced' ? FENCED : OPEN;
+        wish.arm = OPEN;
+        wish.voice = OPEN;
       }
     }
     return this.desiredList;
@@ -564,10 +604,17 @@ export class Registry {
    * At a clean stop: the ports to leave open with no deadline, those of
    * healthy reporters, but none that a fenced reporter guards too.
    */
-  releasable(): Array<number> {
-    const fenced = new Set([...this.reporters.values()].filter(r => r.life.state === 'fenced').flatMap(r => r.ports));
-    const ports = new Set([...this.reporters.values()].filter(r => r.life.state === 'healthy').flatMap(r => r.ports));
-    return [...ports].filter(port => !fenced.has(port)).sort((a, b) => a - b);
+  releasable(): {clients: Array<number>, voice: Array<number>} {
+    const records = [...this.reporters.values()];
+    const healthy = records.filter(r => r.life.state === 'healthy');
+    const fenced = records.filter(r => r.life.state === 'fenced');
+    const kept = new Set(fenced.flatMap(r => r.ports));
+    const cut = new Set(fenced.filter(r => r.life.state === 'fenced' && r.life.voiceUntil === null).flatMap(r => r.isolate));
+    const sorted = (ports: Iterable<number>) => [...new Set(ports)].sort((a, b) => a - b);
+    return {
+      clients: sorted(healthy.flatMap(r => r.ports)).filter(port => !kept.has(port)),
+      voice: sorted(healthy.flatMap(r => r.isolate)).filter(port => !cut.has(port)),
+    };
   }
 
   snapshot(): Array<ReporterSnapshot> {
@@ -596,7 +643,19 @@ export class Registry {
       ...(r.fences.count === 0 ? {} : {fenceDurations: r.fences}),
       ...(r.said === '' ? {} : {failure: {reason: r.said, at: r.saidAt}}),
       ...(r.devices === null ? {} : {devices: r.devices as Array<DeviceStats>, devicesAt: r.devicesAt}),
+      ...(r.isolate.length === 0 ? {} : {isolate: [...r.isolate]}),
+      ...(r.rejoin.mode === 'auto' && r.life.state !== 'fenced' ? {} : {rejoin: this.rejoinOf(r)}),
     }));
+  }
+
+  /** Where a reporter stands towards rejoining: for a fenced one, its voice and what it waits for. */
+  private rejoinOf(record: ReporterRecord): NonNullable<ReporterSnapshot['rejoin']> {
+    const life = record.life;
+    if (life.state !== 'fenced')
+      return {mode: record.rejoin.mode};
+    const waiting = life.streak < this.options.recover ? 'disks' : record.rejoin.mode === 'manual' ? 'operator' : record.rejoin.mode === 'program' ? 'program' : 'disks';
+    const reason = record.rejoin.mode === 'program' && record.rejoin.reason !== undefined && (record.rejoin.startedAt ?? 0) >= life.since ? record.rejoin.reason : undefined;
+    return {mode: record.rejoin.mode, stage: life.voiceUntil === null ? 'fenced' : 'voice', waiting, ...(reason === undefined ? {} : {reason})};
   }
 
   close(): void {
@@ -610,22 +669,29 @@ export class Registry {
 
 const orNull = (n: number) => (Number.isNaN(n) ? null : n);
 
-/** When a healthy reporter's deadline runs out: the registry's own, or earlier where the kernel holds an earlier one. */
+/**
+ * When a deadline runs out: a healthy reporter's (the registry's own, or
+ * earlier where the kernel holds an earlier one), or the voice a fenced
+ * reporter's rejoin program gave back.
+ */
 function dueOf(record: ReporterRecord): number {
-  return record.life.state === 'healthy' ? Math.min(record.life.until, record.heldUntil) : Infinity;
+  const life = record.life;
+  if (life.state === 'healthy')
+    return Math.min(life.until, record.heldUntil);
+  return life.state === 'fenced' && life.voiceUntil !== null ? life.voiceUntil : Infinity;
 }
 
 /** The deadline the kernel holds for these ports at start-up (the earliest), or Infinity when none has one. */
-function heldFrom(ports: ReadonlyArray<number>, kernel: KernelView, now: number): number {
-  let held = Infinity;
+function heldFrom(ports: ReadonlyArray<number>, held: ReadonlyMap<number, KernelPort>, now: number): number {
+  let earliest = Infinity;
   for (const port of ports) {
-    const alive = kernel.ports.get(port)?.alive;
+    const alive = held.get(port)?.alive;
     if (alive === 'fenced')
       return now;
     if (alive !== undefined && alive.leftMs !== null)
-      held = Math.min(held, now + alive.leftMs);
+      earliest = Math.min(earliest, now + alive.leftMs);
   }
-  return held;
+  return earliest;
 }
 
 const REPORTER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
@@ -673,8 +739,8 @@ function adoptFences(previous: FenceDurations | undefined): FenceDurations {
   return {...previous, buckets: previous.buckets.length === FENCE_BUCKETS.length ? [...previous.buckets] : FENCE_BUCKETS.map(() => 0)};
 }
 
-function wishFor(name: string): {wish: ReporterRecord['wish'], armed: ReporterRecord['armed']} {
-  return {wish: {name, ports: [], arm: FENCED}, armed: {state: 'armed', until: 0}};
+function wishFor(name: string): {wish: ReporterRecord['wish'], armed: ReporterRecord['armed'], voiced: ReporterRecord['voiced']} {
+  return {wish: {name, ports: [], arm: FENCED, isolate: [], voice: FENCED}, armed: {state: 'armed', until: 0}, voiced: {state: 'armed', until: 0}};
 }
 
 function samePaths(a: ReadonlyArray<PathInfo> | null, b: ReadonlyArray<PathInfo>): boolean {

@@ -1,3 +1,4 @@
 export * from './snapshot';
 export * from './metrics';
 export * from './status';
+export * from './fenced';

@@ -3,7 +3,7 @@ import path from 'node:path';
 import * as t from 'typanion';
 
 import {SnapshotError, errnoCode} from '../errors';
-import {REJECT_REASONS} from '../heartbeat';
+import {REJECT_REASONS, REJOIN_MODES} from '../heartbeat';
 import {isNumberWhere} from '../heartbeat/lean';
 import {isCount, isDeviceStats, isName, isNonNegative, isPathInfo, isPid, isPort} from '../heartbeat/schema';
 
@@ -79,6 +79,20 @@ export const isReporterSnapshot = t.isObject({
   /** Its devices' counters as the reporter last sent them, and when. */
   devices: t.isOptional(t.isArray(isDeviceStats)),
   devicesAt: t.isOptional(isEpochMs),
+  /** Destination ports its host must not reach while it is fenced. */
+  isolate: t.isOptional(t.isArray(isPort)),
+  /**
+   * Its rejoin condition; for a fenced reporter, where it stands: its voice
+   * given back or not (`stage`), and what it waits for: its disks (heartbeats
+   * to --recover), an operator (manual), or its rejoin program (with the
+   * program's last words).
+   */
+  rejoin: t.isOptional(t.isObject({
+    mode: t.isEnum(REJOIN_MODES),
+    stage: t.isOptional(t.isEnum(['fenced', 'voice'] as const)),
+    waiting: t.isOptional(t.isEnum(['disks', 'operator', 'program'] as const)),
+    reason: t.isOptional(t.isString()),
+  })),
 });
 
 export const isSnapshot = t.isObject({

@@ -19,7 +19,7 @@ class FakeFirewall implements Firewall {
   hold = false;
 
   async inspect(): Promise<KernelView | null> {
-    return {ports: new Map()};
+    return {ports: new Map(), isolated: new Map()};
   }
 
   private async enter(): Promise<void> {
@@ -41,8 +41,8 @@ class FakeFirewall implements Firewall {
     return {ok: true, newlyFenced: [], earlyMs: 0};
   }
 
-  async release(ports: ReadonlyArray<number>): Promise<ReleaseResult> {
-    return {opened: [...ports], expired: []};
+  async release(ports: {clients: ReadonlyArray<number>, voice: ReadonlyArray<number>}): Promise<ReleaseResult> {
+    return {opened: [...ports.clients], expired: [], voiceOpened: [...ports.voice], voiceExpired: []};
   }
 
   async check(): Promise<boolean> {
@@ -70,7 +70,7 @@ describe('Applier: the one serial loop that owns the firewall', () => {
   beforeEach(() => {
     clock = new FakeClock();
     firewall = new FakeFirewall();
-    desired = [{name: 'a', ports: [80], arm: {state: 'armed', until: 10_000}}];
+    desired = [{name: 'a', ports: [80], arm: {state: 'armed', until: 10_000}, isolate: [], voice: {state: 'armed', until: 10_000}}];
     results = [];
     applier = new Applier({firewall, desired: () => desired, clock, reconcileMs: 10_000, onApplied: r => results.push(r)});
   });
@@ -163,7 +163,7 @@ describe('Applier: the one serial loop that owns the firewall', () => {
     firewall.hold = true;
     applier.schedule('now');
     await step(0);
-    const final: Array<DesiredReporter> = [{name: 'a', ports: [80], arm: {state: 'open'}}];
+    const final: Array<DesiredReporter> = [{name: 'a', ports: [80], arm: {state: 'open'}, isolate: [], voice: {state: 'open'}}];
     const stopped = applier.stop(final);
     firewall.hold = false;
     for (const release of firewall.gates.splice(0))

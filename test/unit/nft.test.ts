@@ -17,14 +17,32 @@ const LISTING = `table inet ebsmon {
 \t\t\t     5000 timeout 1m2s expires 1m1s999ms }
 \t}
 
+\tset isolated {
+\t\ttype inet_service
+\t\telements = { 2379 comment "pg" }
+\t}
+
+\tset reachable {
+\t\ttype inet_service
+\t\tflags timeout
+\t}
+
 \tchain input {
 \t\ttype filter hook input priority filter; policy accept;
-\t\t${FENCE_RULE}
+\t\tiifname != "lo" meta l4proto tcp ct direction original ct original proto-dst @guarded ct original proto-dst != @alive reject with tcp reset comment "ebsmon"
+\t\tiifname != "lo" meta l4proto tcp ct direction reply ct original proto-dst @isolated ct original proto-dst != @reachable drop comment "ebsmon"
+\t}
+
+\tchain output {
+\t\ttype filter hook output priority filter; policy accept;
+\t\toifname != "lo" meta l4proto tcp ct direction original ct original proto-dst @isolated ct original proto-dst != @reachable reject with tcp reset comment "ebsmon"
+\t\toifname != "lo" tcp flags ! rst ct direction reply ct original proto-dst @guarded ct original proto-dst != @alive drop comment "ebsmon"
 \t}
 
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
-\t\t${FORWARD_RULE}
+\t\tmeta l4proto tcp ct direction original ct original proto-dst @guarded ct original proto-dst != @alive fib saddr type != local reject with tcp reset comment "ebsmon"
+\t\ttcp flags ! rst ct direction reply ct original proto-dst @guarded ct original proto-dst != @alive fib daddr type != local drop comment "ebsmon"
 \t}
 }`;
 
@@ -46,6 +64,8 @@ describe('nftables text: built and read by pure functions', () => {
     assert.deepEqual(table.alive.get(443), {port: 443, timeoutMs: 9500, expiresMs: 8012, comment: null});
     assert.equal(table.alive.get(5000)?.expiresMs, 61_999);
     assert.equal(table.alive.has(3306), false, 'fenced: guarded and not alive');
+    assert.deepEqual([...table.isolated.values()].map(e => [e.port, e.comment]), [[2379, 'pg']]);
+    assert.equal(table.reachable.size, 0, 'isolated and not reachable: cut');
     assert.equal(table.ruleInPlace, true);
     assert.deepEqual(table.unexpected, []);
   });
@@ -61,6 +81,8 @@ describe('nftables text: built and read by pure functions', () => {
     assert.ok(changed !== null);
     assert.equal(changed.ruleInPlace, false);
     assert.deepEqual(changed.unexpected.sort(), ['chain extra', 'set alive (missing or changed)', 'set alive2'].sort());
+    const before = parseTable(LISTING.replace(/\n\n\tset isolated \{[\s\S]*?\n\t\}\n\n\tset reachable \{[\s\S]*?\n\t\}/, ''));
+    assert.deepEqual(before?.unexpected.sort(), ['set isolated (missing or changed)', 'set reachable (missing or changed)'], 'a table written before isolation existed is rewritten');
     assert.equal(parseTable('Error: No such file or directory'), null);
   });
 
@@ -100,12 +122,12 @@ describe('nftables text: built and read by pure functions', () => {
 
   it('a port several reporters guard is fenced if any is fenced, else armed to the earliest deadline', () => {
     const plan = planPorts([
-      {name: 'b', ports: [80, 443], arm: {state: 'armed', until: 5_000}},
-      {name: 'a', ports: [80], arm: {state: 'armed', until: 3_000}},
-      {name: 'c', ports: [443, 8443], arm: {state: 'fenced'}},
-      {name: 'd', ports: [9000], arm: {state: 'open'}},
-      {name: 'e', ports: [9000], arm: {state: 'armed', until: 7_000}},
-      {name: 'late', ports: [9100], arm: {state: 'armed', until: 999}},
+      {name: 'b', ports: [80, 443], arm: {state: 'armed', until: 5_000}, isolate: [], voice: {state: 'armed', until: 5_000}},
+      {name: 'a', ports: [80], arm: {state: 'armed', until: 3_000}, isolate: [], voice: {state: 'armed', until: 3_000}},
+      {name: 'c', ports: [443, 8443], arm: {state: 'fenced'}, isolate: [], voice: {state: 'fenced'}},
+      {name: 'd', ports: [9000], arm: {state: 'open'}, isolate: [], voice: {state: 'open'}},
+      {name: 'e', ports: [9000], arm: {state: 'armed', until: 7_000}, isolate: [], voice: {state: 'armed', until: 7_000}},
+      {name: 'late', ports: [9100], arm: {state: 'armed', until: 999}, isolate: [], voice: {state: 'armed', until: 999}},
     ], 1_000);
     assert.deepEqual(plan.get(80), {port: 80, comment: 'a,b', alive: {kind: 'armed', ms: 2_000, until: 3_000}});
     assert.deepEqual(plan.get(443)?.alive, {kind: 'fenced'});

@@ -97,7 +97,7 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
   it('never fences a protected port, and says so', () => {
     registry.heartbeat(beat('evil', {ports: [22, 8080]}));
     clock.advance(10_000);
-    assert.deepEqual(registry.desired(), [{name: 'evil', ports: [8080], arm: {state: 'fenced'}}]);
+    assert.deepEqual(registry.desired(), [{name: 'evil', ports: [8080], arm: {state: 'fenced'}, isolate: [], voice: {state: 'fenced'}}]);
     assert.match(refusals[0] ?? '', /protected port\(s\) 22/);
   });
 
@@ -106,7 +106,7 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
     clock.advance(10_000);
     changes.length = 0;
     registry.heartbeat(beat('web', {ports: [80, 443]}));
-    assert.deepEqual(registry.desired(), [{name: 'web', ports: [80, 443], arm: {state: 'fenced'}}]);
+    assert.deepEqual(registry.desired(), [{name: 'web', ports: [80, 443], arm: {state: 'fenced'}, isolate: [], voice: {state: 'fenced'}}]);
     assert.deepEqual(changes, ['now']);
   });
 
@@ -164,7 +164,7 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
     clock.advance(5_000);
     registry.settleAll();
     assert.deepEqual(states(), {up: 'healthy', down: 'fenced'});
-    assert.deepEqual(registry.releasable(), [3306]);
+    assert.deepEqual(registry.releasable(), {clients: [3306], voice: []});
   });
 
   it('the kernel\'s deadline wins: once the one it holds has run out, the reporter is fenced as of then, whatever heartbeats the registry read since', () => {
@@ -230,7 +230,7 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
     name, pid: 1, ports, state, lastHeartbeatAt: clock.wall() - 1_000, fencedSince: state === 'fenced' ? 1 : null, overriddenAt: state === 'overridden' ? 2 : null, overriddenBy: state === 'overridden' ? 'root' : null,
     fenceCount: 0, flapCount: 0, heartbeats: 5, lastProbeMs: 1, interval: 1, probeTimeout: 3, reason: 'x',
   });
-  const kernel = (entries: Array<[number, 'fenced' | number | null]>): KernelView => ({ports: new Map(entries.map(([port, left]) => [port, {owners: [], alive: left === 'fenced' ? 'fenced' : {leftMs: left}}]))});
+  const kernel = (entries: Array<[number, 'fenced' | number | null]>): KernelView => ({ports: new Map(entries.map(([port, left]) => [port, {owners: [], alive: left === 'fenced' ? 'fenced' : {leftMs: left}}])), isolated: new Map()});
 
   it('adoption with kernel deadlines: the time left is kept, never extended; an expired element was a fence', () => {
     registry.adopt([snap('kept', [80, 81], 'healthy'), snap('expired', [82], 'healthy'), snap('stopped', [83], 'healthy'), snap('down', [84], 'fenced'), snap('over', [85], 'overridden')],
@@ -249,6 +249,52 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
     assert.equal(states().kept, 'fenced');
   });
 
+  it('a reporter that names its coordinator: its voice is cut with its clients, given back by its rejoin program first, then its clients', () => {
+    const program = (answer: 'none' | 'voice' | 'clients', reason: string) => ({mode: 'program' as const, answer, startedAt: clock.wall() - 100, reason});
+    registry.heartbeat(beat('pg', {ports: [5432, 8008], isolate: [2379], rejoin: {mode: 'program'}}));
+    assert.deepEqual(registry.desired().map(d => [d.isolate, d.voice]), [[[2379], {state: 'armed', until: 10_000}]], 'healthy: the voice holds the same deadline');
+    clock.advance(10_000);
+    assert.deepEqual(registry.desired().map(d => [d.arm, d.voice]), [[{state: 'fenced'}, {state: 'fenced'}]], 'fenced: both cut at once');
+    assert.deepEqual(snapOf('pg').rejoin, {mode: 'program', stage: 'fenced', waiting: 'disks'});
+    for (let i = 0; i < 3; i++) {
+      clock.advance(1_000);
+      registry.heartbeat(beat('pg', {ports: [5432, 8008], isolate: [2379], rejoin: program('none', 'still the leader')}));
+    }
+    assert.deepEqual(snapOf('pg').rejoin, {mode: 'program', stage: 'fenced', waiting: 'program', reason: 'still the leader'});
+    assert.deepEqual(registry.desired().map(d => d.voice), [{state: 'fenced'}]);
+    clock.advance(1_000);
+    registry.heartbeat(beat('pg', {ports: [5432, 8008], isolate: [2379], rejoin: program('voice', 'a replica now')}));
+    assert.deepEqual(registry.desired().map(d => [d.arm, d.voice]), [[{state: 'fenced'}, {state: 'armed', until: clock.time + 10_000}]]);
+    assert.equal(snapOf('pg').state, 'fenced');
+    assert.equal(snapOf('pg').fenceCount, 1, 'the voice given back is no new fence');
+    assert.deepEqual(snapOf('pg').rejoin?.stage, 'voice');
+    assert.match(transitions.at(-1)!.reason, /^coordinator reachable again, clients still fenced: rejoin program: voice: a replica now$/);
+    // Its heartbeats stop: the voice is cut again at their deadline.
+    clock.advance(10_000);
+    assert.deepEqual(registry.desired().map(d => d.voice), [{state: 'fenced'}]);
+    assert.match(transitions.at(-1)!.reason, /^coordinator cut again: no heartbeat for 10\.0 s$/);
+    for (let i = 0; i < 4; i++) {
+      clock.advance(1_000);
+      registry.heartbeat(beat('pg', {ports: [5432, 8008], isolate: [2379], rejoin: program(i < 3 ? 'voice' : 'clients', 'streaming')}));
+    }
+    assert.equal(snapOf('pg').state, 'healthy');
+    assert.deepEqual(snapOf('pg').rejoin, {mode: 'program'}, 'nothing to say of a healthy reporter but its mode');
+  });
+
+  it('a manual rejoin waits for an operator once the disks are proven', () => {
+    registry.heartbeat(beat('db', {rejoin: {mode: 'manual'}}));
+    clock.advance(10_000);
+    for (let i = 0; i < 5; i++) {
+      clock.advance(1_000);
+      registry.heartbeat(beat('db', {rejoin: {mode: 'manual'}}));
+    }
+    assert.equal(snapOf('db').state, 'fenced');
+    assert.deepEqual(snapOf('db').rejoin, {mode: 'manual', stage: 'fenced', waiting: 'operator'});
+    registry.unblock({v: 1, kind: 'unblock', name: 'db', pid: 5, user: 'root'});
+    assert.equal(snapOf('db').state, 'overridden');
+    assert.deepEqual(registry.desired().map(d => [d.arm, d.voice]), [[{state: 'open'}, {state: 'open'}]]);
+  });
+
   it('adoption of what the kernel holds but the snapshot does not know: each port stays as the kernel holds it, under the name it records', () => {
     const view: KernelView = {ports: new Map([
       [80, {owners: ['web'], alive: 'fenced'}],
@@ -256,7 +302,7 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
       [90, {owners: ['db', 'known'], alive: {leftMs: 2_000}}],
       [91, {owners: [], alive: 'fenced'}],
       [92, {owners: ['no way!'], alive: {leftMs: null}}],
-    ])};
+    ]), isolated: new Map()};
     registry.adopt([snap('known', [90], 'healthy')], view, true);
     assert.deepEqual(registry.desired().map(d => [d.name, d.ports, d.arm]), [
       ['known', [90], {state: 'armed', until: 2_000}],
