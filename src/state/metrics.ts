@@ -2,6 +2,8 @@ import {FENCE_BUCKETS, REPORTER_STATES} from './snapshot';
 import type {DeviceStats} from '../heartbeat/schema';
 import type {ReporterSnapshot, Snapshot} from './snapshot';
 
+const WAITING = ['disks', 'operator', 'program'] as const;
+
 function escapeLabel(value: string): string {
   return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 }
@@ -63,6 +65,19 @@ export function renderMetricsTo(snapshot: Snapshot, now: number, emit: (text: st
     head(metric.name, metric.type, metric.help);
     for (let i = 0; i < reporters.length; i++)
       emit(`${metric.name}{${labels[i]!}} ${value(metric.value(reporters[i]!, now))}\n`);
+  }
+  head('ebsmon_reporter_waiting', 'gauge', 'A fenced reporter: 1 for what it waits for before it takes clients again (disks: heartbeats up to --recover; operator: a manual rejoin, only unblock lifts it; program: its rejoin program), 0 for the others.');
+  for (let i = 0; i < reporters.length; i++) {
+    const waiting = reporters[i]!.state === 'fenced' ? reporters[i]!.rejoin?.waiting ?? 'disks' : null;
+    if (waiting !== null)
+      for (const what of WAITING)
+        emit(`ebsmon_reporter_waiting{${labels[i]!},for="${what}"} ${waiting === what ? 1 : 0}\n`);
+  }
+  head('ebsmon_reporter_isolated', 'gauge', '1 while the reporter\'s host is cut from its isolate ports (fenced, its voice not given back), else 0.');
+  for (let i = 0; i < reporters.length; i++) {
+    const r = reporters[i]!;
+    if ((r.isolate ?? []).length > 0)
+      emit(`ebsmon_reporter_isolated{${labels[i]!}} ${r.state === 'fenced' && r.rejoin?.stage !== 'voice' ? 1 : 0}\n`);
   }
   head('ebsmon_reporter_path_info', 'gauge', 'A watched path and the device the reporter pinned it to (always 1).');
   for (let i = 0; i < reporters.length; i++)

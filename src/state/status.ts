@@ -82,12 +82,29 @@ export function renderTable(view: StatusView, colors: Colors = NO_COLORS, {reaso
     lines.push(text.replace(state.padEnd(widths[1]!), paint(state, state.padEnd(widths[1]!))));
     // Why it is not healthy, in the monitor's words and (after its last heartbeat) the reporter's.
     const r = view.reporters[i]!;
+    const rejoin = rejoinLine(r);
+    if (rejoin !== null)
+      lines.push(`  ${rejoin}`);
     if (reasons && r.state !== 'healthy')
       lines.push(`  why: ${r.reason}`);
     if (reasons && r.failure !== undefined && !r.reason.includes(r.failure.reason))
       lines.push(`  reporter says (${formatAge(r.failureAgeSeconds ?? null)}): ${r.failure.reason}`);
   });
   return `${lines.join('\n')}\n`;
+}
+
+/** Where a fenced reporter stands once its disks answer again; null while it waits for them. */
+export function rejoinLine(r: ReporterSnapshot): string | null {
+  if (r.state !== 'fenced' || r.rejoin === undefined)
+    return null;
+  const said = r.rejoin.reason === undefined ? '' : `: ${r.rejoin.reason}`;
+  if (r.rejoin.stage === 'voice')
+    return `rejoin: coordinator reachable again, clients still fenced${said}`;
+  if (r.rejoin.waiting === 'operator')
+    return `rejoin: its disks answer again; fenced, waiting for an operator (ebsmon unblock --reporter=${r.name})`;
+  if (r.rejoin.waiting === 'program')
+    return `rejoin: its disks answer again; fenced, waiting for its rejoin program${said}`;
+  return null;
 }
 
 export function formatDuration(seconds: number | null): string {
@@ -120,15 +137,19 @@ export function renderHistory(view: StatusView, colors: Colors = NO_COLORS): str
 export const NAGIOS = {ok: 0, warning: 1, critical: 2, unknown: 3} as const;
 
 export function renderNagios(view: StatusView): {line: string, code: number} {
-  const fenced = view.reporters.filter(r => r.state === 'fenced');
+  // A fenced reporter whose disks answer again and that only waits for an operator is a decision to make, not an outage.
+  const waiting = view.reporters.filter(r => r.state === 'fenced' && r.rejoin?.waiting === 'operator');
+  const fenced = view.reporters.filter(r => r.state === 'fenced' && !waiting.includes(r));
   const overridden = view.reporters.filter(r => r.state === 'overridden');
   const pulse = view.monitor.pulseAgeSeconds.toFixed(1);
-  const perf = `| reporters=${view.reporters.length} fenced=${fenced.length} overridden=${overridden.length} pulse_age=${pulse}s;;${PULSE_FRESH_SECONDS}`;
+  const perf = `| reporters=${view.reporters.length} fenced=${fenced.length + waiting.length} overridden=${overridden.length} pulse_age=${pulse}s;;${PULSE_FRESH_SECONDS}`;
   const names = (list: Array<{name: string}>) => list.map(r => r.name).join(', ');
   if (!view.monitor.alive)
     return {line: `CRITICAL: monitor not running, last pulse ${pulse}s ago (pid ${view.monitor.pid}) ${perf}`, code: NAGIOS.critical};
   if (fenced.length > 0)
     return {line: `CRITICAL: ${fenced.length} of ${view.reporters.length} reporters fenced (${names(fenced)}), monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.critical};
+  if (waiting.length > 0)
+    return {line: `WARNING: ${waiting.length} reporter${waiting.length === 1 ? '' : 's'} fenced, waiting for an operator (${names(waiting)}): the disks answer again; ebsmon unblock lifts it, monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.warning};
   if (overridden.length > 0)
     return {line: `WARNING: ${overridden.length} reporter${overridden.length === 1 ? '' : 's'} overridden (${names(overridden)}), monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.warning};
   return {line: `OK: ${view.reporters.length} reporter${view.reporters.length === 1 ? '' : 's'} healthy, monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.ok};

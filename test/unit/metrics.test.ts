@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import {describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
 
-import {emptyRejections, renderMetrics} from '../../src/state';
+import {emptyRejections, renderMetrics, renderNagios, renderTable, statusView} from '../../src/state';
 import type {ReporterSnapshot, Snapshot} from '../../src/state';
 import {promtoolProblems, sampleOf} from '../helpers/metrics';
 import {inCI} from '../helpers/rig';
@@ -46,6 +46,31 @@ describe('metrics.prom: devices and fence durations', () => {
     assert.equal(sampleOf(text, 'ebsmon_reporter_fence_duration_seconds_count{reporter="mysql"}'), 2);
     assert.equal(sampleOf(text, 'ebsmon_reporter_last_fence_duration_seconds{reporter="mysql"}'), 91);
     assert.doesNotMatch(text, /fence_duration_seconds\w*\{reporter="www"/);
+  });
+
+  it('a fenced reporter: what it waits for, and whether its host is cut from its coordinator; status and Nagios say the same', () => {
+    const fenced = (name: string, rejoin: ReporterSnapshot['rejoin'], isolate?: Array<number>): ReporterSnapshot => ({...base, name, state: 'fenced', fencedSince: now - 30_000, deadlineAt: null, rejoin, ...(isolate === undefined ? {} : {isolate})});
+    const view = {...snapshot, reporters: [
+      fenced('pg', {mode: 'program', stage: 'voice', waiting: 'program', reason: 'replica, not streaming yet'}, [2379]),
+      fenced('db', {mode: 'manual', stage: 'fenced', waiting: 'operator'}, [2379]),
+      fenced('web', {mode: 'auto', stage: 'fenced', waiting: 'disks'}),
+    ]};
+    const out = renderMetrics(view, now);
+    assert.deepEqual(['disks', 'operator', 'program'].map(what => sampleOf(out, `ebsmon_reporter_waiting{reporter="pg",for="${what}"}`)), [0, 0, 1]);
+    assert.deepEqual(['disks', 'operator', 'program'].map(what => sampleOf(out, `ebsmon_reporter_waiting{reporter="db",for="${what}"}`)), [0, 1, 0]);
+    assert.equal(sampleOf(out, 'ebsmon_reporter_isolated{reporter="pg"}'), 0, 'its voice given back');
+    assert.equal(sampleOf(out, 'ebsmon_reporter_isolated{reporter="db"}'), 1);
+    assert.doesNotMatch(out, /ebsmon_reporter_isolated\{reporter="web"/, 'no isolate ports: no series');
+    assert.doesNotMatch(renderMetrics(snapshot, now), /ebsmon_reporter_waiting\{/, 'healthy reporters wait for nothing');
+    assert.equal(promtoolProblems(out) ?? null, null);
+
+    const table = renderTable(statusView(view, now));
+    assert.match(table, /\n {2}rejoin: coordinator reachable again, clients still fenced: replica, not streaming yet\n/);
+    assert.match(table, /\n {2}rejoin: its disks answer again; fenced, waiting for an operator \(ebsmon unblock --reporter=db\)\n/);
+    assert.equal(renderNagios(statusView(view, now)).code, 2, 'one still waiting for its disks: critical');
+    const onlyOperator = renderNagios(statusView({...view, reporters: [view.reporters[1]!]}, now));
+    assert.equal(onlyOperator.code, 1);
+    assert.match(onlyOperator.line, /^WARNING: 1 reporter fenced, waiting for an operator \(db\): the disks answer again; ebsmon unblock lifts it, monitor pulse 0\.0s ago \| reporters=1 fenced=1 overridden=0 /);
   });
 
   it('is clean for promtool check metrics', (t: TestContext) => {
