@@ -78,8 +78,8 @@ class Waiters {
   constructor(readonly proc: Proc, readonly count: number) {
   }
 
-  static start(ns: string, host: string, port: number, count = 1): Waiters {
-    const argv = inNs(ns, [process.execPath, HELPER('waiter.mjs'), host, String(port), '1', String(count)]);
+  static start(ns: string, host: string, port: number, count = 1, localAddress?: string): Waiters {
+    const argv = inNs(ns, [process.execPath, HELPER('waiter.mjs'), host, String(port), '1', String(count), ...(localAddress === undefined ? [] : [localAddress])]);
     return new Waiters(new Proc(spawn(argv[0]!, argv.slice(1), {stdio: ['ignore', 'pipe', 'pipe']})), count);
   }
 
@@ -163,6 +163,8 @@ describe('socket cutter: a resident process destroys waiting connections at each
     const remote6 = track(Waiters.start(rig.cli, rig.srvV6, A));
     const spared = [
       track(Waiters.start(rig.srv, '127.0.0.1', A)),
+      // Loopback, but not an address of any interface (lo holds 127.0.0.1/8).
+      track(Waiters.start(rig.srv, '127.0.0.1', A, 1, '127.0.0.2')),
       track(Waiters.start(rig.srv, '::1', A)),
       track(Waiters.start(rig.srv, rig.srvV4, A)),
       track(Waiters.start(rig.cli, rig.srvV4, B)),
@@ -188,7 +190,7 @@ describe('socket cutter: a resident process destroys waiting connections at each
       assert.ok(afterMs > -EARLY_MS && afterMs < LATE_MS, `reset ${afterMs.toFixed(1)} ms after the deadline`);
     }
     // Destroyed sockets are gone when the cut line is printed: what ss shows now is what was spared.
-    assert.deepEqual(peers(rig.srv, 'sport', A), ['[::1]', '[::ffff:10.213.0.1]', '[::ffff:127.0.0.1]']);
+    assert.deepEqual(peers(rig.srv, 'sport', A), ['[::1]', '[::ffff:10.213.0.1]', '[::ffff:127.0.0.1]', '[::ffff:127.0.0.2]']);
     assert.deepEqual(peers(rig.srv, 'sport', B), ['[::ffff:10.213.0.2]']);
     assert.deepEqual(peers(rig.srv, 'sport', C), ['[::ffff:10.213.0.2]']);
     assert.equal(driver.events().some(e => e.cut !== undefined && e.cut.port !== A), false, 'only A was cut');

@@ -1,5 +1,5 @@
 // Clients that each send a query and wait for an answer that never comes.
-// Usage: waiter.mjs HOST FIRST_PORT [PORTS=1] [PER_PORT=1].
+// Usage: waiter.mjs HOST FIRST_PORT [PORTS=1] [PER_PORT=1] [LOCAL_ADDRESS].
 // Prints "connected N" once all N are connected, then one line per connection
 // that ends: "reset PORT NS" (ECONNRESET), "closed PORT NS" (FIN), or
 // "error:CODE PORT NS" (ECONNABORTED: the socket was destroyed on this host),
@@ -7,7 +7,7 @@
 // process on the host shares.
 import net from 'node:net';
 
-const [host, firstText, portsText = '1', perPortText = '1'] = process.argv.slice(2);
+const [host, firstText, portsText = '1', perPortText = '1', localAddress] = process.argv.slice(2);
 const first = Number(firstText);
 const total = Number(portsText) * Number(perPortText);
 let connected = 0;
@@ -26,7 +26,7 @@ const say = text => {
 };
 for (let port = first; port < first + Number(portsText); port++) {
   for (let i = 0; i < Number(perPortText); i++) {
-    const socket = net.connect({host, port});
+    const socket = net.connect({host, port, ...(localAddress === undefined ? {} : {localAddress})});
     let ended = false;
     const end = word => {
       if (ended)
