@@ -39,8 +39,12 @@
  * `error TEXT`. Stdout is non-blocking and SIGPIPE ignored: with nobody
  * reading, lines are dropped and the cutter never waits on a write.
  *
- * Due keys are batched: one dump per family, then destroy requests 64 to a
- * datagram (netlink handles each message of a datagram and acks each). A
+ * Due keys are batched: one dump per family (filtered in the kernel by
+ * inet_diag bytecode when at most 32 ports are due), then destroy requests 64
+ * to a datagram (netlink handles each message of a datagram and acks each).
+ * Each dump walks the kernel's whole established-socket hash, whatever the
+ * filter: that walk, not the destroys, is most of a single port's cut (bench
+ * step in bench/cutter.ts). A
  * destroy answered ENOENT or ESTALE found its socket gone already (closed
  * since the dump, or the 4-tuple reused: the cookie no longer matches).
  * Deadline bookkeeping is a hash and an earliest-deadline bound that may be
@@ -211,12 +215,35 @@ sub destroy {
   }
   return (\%done, \%failed);
 }
-# One dump per family; every socket $match tags is destroyed.
+# A kernel-side filter (inet_diag bytecode, as ss builds it) passing sockets whose local port
+# is in @$in or remote port in @$out. Port P is "P <= port <= P" (S_EQ is newer than 4.x
+# kernels); alternatives are joined by jumps, as the kernel's audit only accepts jump
+# targets on the path of "yes" branches.
+my ($BC_JMP, $BC_S_GE, $BC_S_LE, $BC_D_GE, $BC_D_LE, $INET_DIAG_REQ_BYTECODE) = (1, 2, 3, 4, 5, 1);
+sub port_filter {
+  my ($in, $out) = @_;
+  my @alts = ((map { [$BC_S_GE, $BC_S_LE, $_] } @$in), (map { [$BC_D_GE, $BC_D_LE, $_] } @$out));
+  my $len = 20 * @alts - 4;
+  my $bc = '';
+  for my $i (0 .. $#alts) {
+    my ($ge, $le, $port) = @{$alts[$i]};
+    my $left = $len - 20 * $i;
+    my $last = $i == $#alts;
+    # A failed test goes to the next alternative, or past the end (rejected) from the last.
+    $bc .= pack('C C S C C S', $ge, 8, $last ? $left + 4 : 20, 0, 0, $port);
+    $bc .= pack('C C S C C S', $le, 8, $last ? $left - 8 + 4 : 12, 0, 0, $port);
+    $bc .= pack('C C S', $BC_JMP, 4, $left - 16) unless $last;
+  }
+  return pack('S S', 4 + length $bc, $INET_DIAG_REQ_BYTECODE) . $bc;
+}
+# One dump per family (filtered in the kernel when few ports are due: the filter costs it a
+# test per port and socket); every socket $match tags is destroyed.
 sub sweep {
-  my $match = shift;
+  my ($in, $out, $match) = @_;
+  my $filter = @$in + @$out <= 32 ? port_filter($in, $out) : '';
   my (@hits, %failed);
   for my $family ($AF_INET, $AF_INET6) {
-    my $items = dump_all($diag, $SOCK_DIAG_BY_FAMILY, pack('C C C C L', $family, $IPPROTO_TCP, 0, 0, $HELD) . ("\0" x 48));
+    my $items = dump_all($diag, $SOCK_DIAG_BY_FAMILY, pack('C C C C L', $family, $IPPROTO_TCP, 0, 0, $HELD) . ("\0" x 48) . $filter);
     unless (ref $items) { $failed{($family == $AF_INET ? 'IPv4' : 'IPv6') . " dump: $items"}++; next }
     for my $p (@$items) {
       next if length $p < 52;
@@ -238,7 +265,7 @@ sub cut {
   }
   my $e = fetch_local();
   emit("error addresses: $e") if defined $e;
-  my ($done, $failed) = sweep(sub {
+  my ($done, $failed) = sweep([keys %in], [keys %out], sub {
     my ($family, $sport, $dport, $dst) = @_;
     my $tag = exists $in{$sport} ? "in $sport" : exists $out{$dport} ? "out $dport" : undef;
     return defined $tag && remote_peer($family, $dst) ? $tag : undef;
@@ -263,7 +290,7 @@ sub warm_up {
     push @pairs, [unpack('x2 n', getsockname($l)), unpack('x2 n', getsockname($c)), $l, $c, $peer];
   }
   @pairs or return 'no loopback TCP';
-  my ($done, $failed) = sweep(sub {
+  my ($done, $failed) = sweep([map { $_->[0] } @pairs], [], sub {
     my ($family, $sport, $dport) = @_;
     for (@pairs) { return 'warm' if $sport == $_->[0] && $dport == $_->[1] }
     return undef;
