@@ -28,6 +28,14 @@ function peers(ns: string, side: 'sport' | 'dport', port: number): Array<string>
   return out.split('\n').filter(Boolean).map(line => line.trim().split(/\s+/)[3]!.replace(/:\d+$/, '')).sort();
 }
 
+/** The connection's one end: `word` (reset, error:ECONNABORTED), not before the deadline and within a loaded machine's bound after it. */
+async function endsAtDeadline(w: Waiters, deadline: bigint, word: string): Promise<void> {
+  const [end] = await waitFor(`the connection ended (${word})`, () => w.ends().length > 0 && w.ends(), 10_000);
+  assert.equal(end!.word, word);
+  const afterMs = ms(end!.ns - deadline);
+  assert.ok(afterMs > -EARLY_MS && afterMs < LATE_MS, `${word} ${afterMs.toFixed(1)} ms after the deadline`);
+}
+
 describe('socket cutter: a resident process destroys waiting connections at each deadline', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
   let rig: NetRig;
   let driver: Driver;
@@ -111,12 +119,8 @@ describe('socket cutter: a resident process destroys waiting connections at each
 
     const cut = await driver.cut('in', A);
     assert.equal(cut.sockets, 2);
-    for (const w of [remote4, remote6]) {
-      const [end] = await waitFor('the remote client reset', () => w.ends().length > 0 && w.ends(), 10_000);
-      assert.equal(end!.word, 'reset');
-      const afterMs = ms(end!.ns - deadline);
-      assert.ok(afterMs > -EARLY_MS && afterMs < LATE_MS, `reset ${afterMs.toFixed(1)} ms after the deadline`);
-    }
+    for (const w of [remote4, remote6])
+      await endsAtDeadline(w, deadline, 'reset');
     // Destroyed sockets are gone when the cut line is printed: what ss shows now is what was spared.
     assert.deepEqual(peers(rig.srv, 'sport', A), ['[::1]', '[::ffff:10.213.0.1]', '[::ffff:127.0.0.1]', '[::ffff:127.0.0.2]']);
     assert.deepEqual(peers(rig.srv, 'sport', B), ['[::ffff:10.213.0.2]']);
@@ -139,13 +143,9 @@ describe('socket cutter: a resident process destroys waiting connections at each
     await driver.arm('out', OUT_PORT, deadline);
     const cut = await driver.cut('out', OUT_PORT);
     assert.equal(cut.sockets, 2);
-    for (const w of [out4, out6]) {
-      const [end] = await waitFor('the outgoing connection ended', () => w.ends().length > 0 && w.ends(), 10_000);
-      // Destroyed here: this host's client reads ECONNABORTED; the remote end gets the reset.
-      assert.equal(end!.word, 'error:ECONNABORTED');
-      const afterMs = ms(end!.ns - deadline);
-      assert.ok(afterMs > -EARLY_MS && afterMs < LATE_MS, `ended ${afterMs.toFixed(1)} ms after the deadline`);
-    }
+    // Destroyed here: this host's client reads ECONNABORTED; the remote end gets the reset.
+    for (const w of [out4, out6])
+      await endsAtDeadline(w, deadline, 'error:ECONNABORTED');
     assert.deepEqual(peers(rig.srv, 'dport', OUT_PORT), ['127.0.0.1']);
     assert.deepEqual(peers(rig.cli, 'sport', OUT_PORT), []);
   });
@@ -186,10 +186,7 @@ describe('socket cutter: a resident process destroys waiting connections at each
     await driver.arm('in', port, deadline);
     driver.proc.kill('SIGSTOP');
     try {
-      const [end] = await waitFor('the client reset', () => waiting.ends().length > 0 && waiting.ends(), 10_000);
-      assert.equal(end!.word, 'reset');
-      const afterMs = ms(end!.ns - deadline);
-      assert.ok(afterMs > -EARLY_MS && afterMs < LATE_MS, `reset ${afterMs.toFixed(1)} ms after the deadline`);
+      await endsAtDeadline(waiting, deadline, 'reset');
     } finally {
       driver.proc.kill('SIGCONT');
     }
@@ -212,10 +209,7 @@ describe('socket cutter: a resident process destroys waiting connections at each
     await waitFor('the spawn helper gone', () => gone(ready.helperPid), 10_000);
     assert.ok(!gone(ready.pid), 'the cutter outlives its monitor and the spawn helper');
     assert.ok(nowNs() < deadline, 'the monitor died before the deadline');
-    const [end] = await waitFor('the client reset', () => waiting.ends().length > 0 && waiting.ends(), 10_000);
-    assert.equal(end!.word, 'reset');
-    const afterMs = ms(end!.ns - deadline);
-    assert.ok(afterMs > -EARLY_MS && afterMs < LATE_MS, `reset ${afterMs.toFixed(1)} ms after the deadline`);
+    await endsAtDeadline(waiting, deadline, 'reset');
     await waitFor('the cutter exited with nothing left to cut', () => gone(ready.pid), 10_000);
   });
 
