@@ -14,7 +14,8 @@
  *   network namespace, no file) is held for life; a predecessor that still
  *   holds it (its monitor died, its deadlines were that monitor's) is asked to
  *   exit by a connect, so an old deadline never cuts a port a new monitor
- *   re-armed.
+ *   re-armed. Only a connect from its own user makes a cutter exit, and a name
+ *   another user holds is reported (`error handover: ...`) and not waited for.
  * - warms up: a real RTM_GETADDR dump, and a TCP connection to itself on
  *   127.0.0.1 (and ::1 when IPv6 is there) whose accepted end it finds in a
  *   real inet_diag dump of each family and destroys with SOCK_DESTROY. The
@@ -91,18 +92,33 @@ sub now {
 }
 now();
 
+# The handover name: held for life; a connect from a process of our own user is a successor
+# asking us to exit. Anyone can connect to an abstract name, so the peer's uid is checked
+# (SO_PEERCRED), and a name another user holds is not waited for: no handover then.
+my ($SOL_SOCKET, $SO_PEERCRED) = (1, 17);
+sub peer_uid { my $cred = getsockopt($_[0], $SOL_SOCKET, $SO_PEERCRED); return defined $cred ? (unpack('l L', $cred))[1] : -1 }
 my $successor;
 if (length $HANDOVER) {
   my $name = pack('S', $AF_UNIX) . "\0$HANDOVER";
   socket($successor, $AF_UNIX, $SOCK_STREAM, 0) or fatal("handover socket: $!");
-  my $tries = 0;
-  until (bind($successor, $name)) {
+  my ($tries, $bound, $knocked) = (0, 0, 0);
+  until ($bound = bind($successor, $name)) {
     $! == $EADDRINUSE or fatal("handover bind: $!");
-    if (socket(my $knock, $AF_UNIX, $SOCK_STREAM, 0)) { connect($knock, $name); close $knock }
-    ++$tries <= 300 or fatal('a previous cutter holds its handover name and does not exit');
+    # One knock is enough; non-blocking, as a holder that never accepts fills its backlog.
+    if (!$knocked && socket(my $knock, $AF_UNIX, $SOCK_STREAM, 0)) {
+      my $flags = fcntl($knock, 3, 0);
+      fcntl($knock, 4, (0 + $flags) | $O_NONBLOCK) if defined $flags;
+      if (connect($knock, $name)) {
+        my $holder = peer_uid($knock);
+        if ($holder != $>) { emit("error handover: $HANDOVER is held by uid $holder, not by a cutter: started without handover"); last }
+        $knocked = 1;
+      }
+      close $knock;
+    }
+    if (++$tries > 300) { emit("error handover: the previous cutter holding $HANDOVER does not exit: started without handover"); last }
     select(undef, undef, undef, 0.01);
   }
-  listen($successor, 8) or fatal("handover listen: $!");
+  undef $successor unless $bound && listen($successor, 8);
 }
 
 socket(my $diag, $AF_NETLINK, $SOCK_RAW, $NETLINK_SOCK_DIAG) or fatal("socket NETLINK_SOCK_DIAG: $!");
@@ -330,7 +346,9 @@ sub read_commands {
     next if !defined $n && $! == $EAGAIN;
     if (!$n) { $eof = 1; last }
     my @lines = split /\n/, $inbuf, -1;
+    # Node writes whole lines: a line this long is not a command.
     $inbuf = pop @lines;
+    $inbuf = '' if length $inbuf > 65536;
     command($_) for @lines;
     $timeout = 0;
   }
@@ -356,8 +374,11 @@ for (;;) {
   vec($rin, fileno($successor), 1) = 1 if $successor;
   my $n = select(my $rout = $rin, undef, undef, defined $next ? ($next - $now) / 1e9 : undef);
   next if $n <= 0;
-  # A successor connected: its monitor holds the deadlines now.
-  exit 0 if $successor && vec($rout, fileno($successor), 1);
+  if ($successor && vec($rout, fileno($successor), 1) && accept(my $peer, $successor)) {
+    # A successor: its monitor holds the deadlines now.
+    exit 0 if peer_uid($peer) == $>;
+    close $peer;
+  }
   read_commands(0) if vec($rout, fileno(STDIN), 1);
 }
 `;

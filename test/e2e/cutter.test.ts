@@ -240,6 +240,40 @@ describe('socket cutter: a resident process destroys waiting connections at each
     assert.deepEqual(oldClient.ends(), []);
   });
 
+  it('the handover name: another user can neither make the cutter exit nor keep one from starting', async (t: TestContext) => {
+    if (!requireRoot(t))
+      return;
+    const {pid} = await driver.ready();
+    // Python: Node's net cannot name an abstract unix socket.
+    const asNobody = (ns: string, code: string) => scratch.track(new Proc(spawn('ip', inNs(ns, ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', '--', '/usr/bin/python3', '-c', code]).slice(1), {stdio: ['ignore', 'pipe', 'pipe']})));
+    const knock = asNobody(rig.srv, [
+      'import socket',
+      's = socket.socket(socket.AF_UNIX)',
+      's.connect("\\0ebsmon-cutter")',
+      'print("connected", flush=True)',
+      'print("closed" if s.recv(1) == b"" else "data", flush=True)',
+    ].join('\n'));
+    await waitFor('the cutter closed the stranger\'s connection', () => knock.stdout.includes('closed'), 10_000);
+    assert.equal(knock.stdout, 'connected\nclosed\n');
+    assert.ok(!gone(pid), 'the cutter is still running');
+
+    const squatter = asNobody(rig.cli, [
+      'import signal, socket',
+      's = socket.socket(socket.AF_UNIX)',
+      's.bind("\\0ebsmon-cutter")',
+      's.listen(8)',
+      'print("listening", flush=True)',
+      'signal.pause()',
+    ].join('\n'));
+    await waitFor('the squatter listening', () => squatter.stdout.includes('listening'), 10_000);
+    const other = track(Driver.start(rig.cli, spawnDir('spawn-5')));
+    const ready = await other.ready();
+    assert.equal(ready.supported, true);
+    assert.deepEqual(ready.warnings, ['handover: ebsmon-cutter is held by uid 65534, not by a cutter: started without handover']);
+    await other.send({quit: true});
+    await waitFor('the other cutter gone', () => gone(ready.pid), 10_000);
+  });
+
   it('after ready it execs nothing and touches no file (strace over three cuts)', async (t: TestContext) => {
     if (!requireRoot(t))
       return;
