@@ -283,6 +283,7 @@ describe('socket cutter: a resident process destroys waiting connections at each
     const out = track(Waiters.start(rig.srv, rig.cliV4, OUT_PORT));
     await waiting.connected();
     await out.connected();
+    assert.ok(fs.existsSync('/usr/bin/strace'), 'strace (Debian package strace) is installed by make test');
     const log = path.join(scratch.dir, 'strace.log');
     // %file: every call that takes a path (open, openat, stat, newfstatat, readlink, access, execve...); %process: fork, clone, exec, wait.
     const strace = scratch.track(new Proc(spawn('strace', ['-f', '-e', 'trace=%file,%process', '-o', log, '-p', String(pid)], {stdio: ['ignore', 'pipe', 'pipe']})));
