@@ -9,7 +9,8 @@ SYSTEM_TOOLS := nftables iptables iproute2 util-linux e2fsprogs coreutils procps
 # runs test/helpers/failfs.py, the FUSE server that fails I/O on command.
 # The package's install test: debootstrap makes a clean Debian root from the mirror,
 # systemd-nspawn (systemd-container) boots it with its own init and network.
-TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3 python3 debootstrap systemd-container
+# strace shows the socket cutter execs nothing and opens no file once it is ready.
+TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3 python3 debootstrap systemd-container strace
 # make release: strip (binutils) takes the debug symbols out of the node binary the
 # standalone executable is made from (99 -> 86 MB).
 RELEASE_TOOLS := binutils

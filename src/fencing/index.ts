@@ -4,3 +4,4 @@ export * from './firewall';
 export * from './iptables';
 export * from './nftables';
 export * from './sockets';
+export * from './cutter';

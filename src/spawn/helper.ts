@@ -21,7 +21,10 @@ import type {Running, RunResult} from './direct';
  * can kill it and everything it started with one kill(-pid). Deadlines are the
  * monitor's: it kills by process group; the helper only reports.
  *
- * Requests (NUL-separated): `run|stream ID ENVC ENV... ARGC ARGV...`.
+ * A `resident` child is a stream child the helper leaves running when it
+ * goes: one that must outlive a dead monitor (the socket cutter).
+ *
+ * Requests (NUL-separated): `run|stream|resident ID ENVC ENV... ARGC ARGV...`.
  * Replies (lines): `fifos ID` (stream FIFOs exist), `started ID PID`, `exit ID CODE`.
  * A one-shot child reads ID.in if the monitor wrote one, and writes ID.out and
  * ID.err (capped by ulimit -f); a stream child reads the FIFO ID.in and writes
@@ -42,9 +45,9 @@ const SCRIPT = [
   // The children's output has its own files and FIFOs; bash's own "Killed" notices would only be noise.
   '    exec 2>/dev/null',
   '    c=',
-  '    trap \'[[ -n $c ]] && kill -KILL -- "-$c" "$c" 2>/dev/null; exit 143\' TERM',
+  '    trap \'[[ -n $c && $op != resident ]] && kill -KILL -- "-$c" "$c" 2>/dev/null; exit 143\' TERM',
   '    for v in "${envs[@]}"; do export "$v"; done',
-  '    if [[ $op == stream ]]; then',
+  '    if [[ $op == stream || $op == resident ]]; then',
   '      mkfifo -m 600 "$dir/$id.in" "$dir/$id.out" || { printf "exit %s 127\\n" "$id"; exit; }',
   '      printf "fifos %s\\n" "$id"',
   '      setsid "${argv[@]}" <"$dir/$id.in" >"$dir/$id.out" 2>&1 &',
@@ -223,7 +226,7 @@ export class SpawnHelper {
     return this.child !== null;
   }
 
-  private send(kind: 'run' | 'stream', id: number, argv: ReadonlyArray<string>, env: Record<string, string>): boolean {
+  private send(kind: 'run' | 'stream' | 'resident', id: number, argv: ReadonlyArray<string>, env: Record<string, string>): boolean {
     if (!this.ensure())
       return false;
     const entries = Object.entries(env).map(([key, value]) => `${key}=${value}`);
@@ -306,8 +309,11 @@ export class SpawnHelper {
     }, result, exited};
   }
 
-  /** A long-lived child (nft -i, nft monitor) wired to FIFOs this process reads and writes without blocking. */
-  stream(argv: ReadonlyArray<string>, options: {env?: Record<string, string>} = {}): StreamChild {
+  /**
+   * A long-lived child (nft -i, nft monitor) wired to FIFOs this process reads and writes without blocking.
+   * `outlivesHelper`: when the helper goes (the monitor stopped or died), this child is left running; it sees EOF on its stdin.
+   */
+  stream(argv: ReadonlyArray<string>, options: {env?: Record<string, string>, outlivesHelper?: boolean} = {}): StreamChild {
     const id = this.nextId++;
     let pid: number | undefined;
     let input: net.Socket | null = null;
@@ -371,7 +377,7 @@ export class SpawnHelper {
         resolveExited(code);
       },
     });
-    if (!this.send('stream', id, argv, options.env ?? {})) {
+    if (!this.send(options.outlivesHelper === true ? 'resident' : 'stream', id, argv, options.env ?? {})) {
       this.waiters.delete(id);
       rejectReady(new Error('spawn helper closed'));
       resolveExited(null);

@@ -80,4 +80,23 @@ describe('SpawnHelper: processes started without the event loop waiting for an e
     second.close();
     await waitFor('the child gone', () => !alive(pid));
   });
+
+  it('leaves a child that must outlive it running when it goes', async () => {
+    const second = SpawnHelper.start(path.join(dir, 'spawn3'));
+    const kept = second.stream(['sleep', '300'], {outlivesHelper: true});
+    const taken = second.stream(['sleep', '300']);
+    await Promise.all([kept.ready, taken.ready]);
+    // Until setsid has run, the child is still a fork of the helper, in its process group.
+    const ownSession = (pid: number) => fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[3] === String(pid);
+    await waitFor('the kept child in a session of its own', () => ownSession(kept.pid()!));
+    const helperPid = second.pid!;
+    second.close();
+    try {
+      await waitFor('the helper and its ordinary child gone', () => !alive(helperPid) && !alive(taken.pid()!));
+      assert.equal(alive(kept.pid()!), true);
+    } finally {
+      kept.kill();
+    }
+    await waitFor('the kept child ended', () => !alive(kept.pid()!));
+  });
 });
