@@ -10,12 +10,14 @@
  * - mlockall(MCL_CURRENT|MCL_FUTURE): perl, its libraries and its heap stay
  *   resident; a page evicted during an outage would be read back from the
  *   root disk, which may be the one that hangs.
- * - takes over from a predecessor: an abstract unix socket named HANDOVER (per
- *   network namespace, no file) is held for life; a predecessor that still
- *   holds it (its monitor died, its deadlines were that monitor's) is asked to
- *   exit by a connect, so an old deadline never cuts a port a new monitor
- *   re-armed. Only a connect from its own user makes a cutter exit, and a name
- *   another user holds is reported (`error handover: ...`) and not waited for.
+ * - holds an abstract unix socket named HANDOVER (per network namespace, no
+ *   file) for life, when it is free. A predecessor that still holds it (its
+ *   monitor died, its deadlines were that monitor's) is asked to exit by a
+ *   connect at the `takeover` command, which the monitor sends once it has
+ *   handed this cutter every deadline: an old deadline never cuts a port a
+ *   new monitor re-armed, and no deadline goes uncut in between. Only a
+ *   connect from its own user makes a cutter exit, and a name another user
+ *   holds is reported (`error handover: ...`) and not waited for.
  * - warms up: a real RTM_GETADDR dump, and a TCP connection to itself on
  *   127.0.0.1 (and ::1 when IPv6 is there) whose accepted end it finds in a
  *   real inet_diag dump of each family and destroys with SOCK_DESTROY. The
@@ -33,7 +35,8 @@
  *   this host (IPv4, IPv6, IPv4-mapped IPv6). A later command for the same
  *   key replaces the earlier one; commands already written when a deadline
  *   comes are read before it is acted on.
- * - `clear in|out PORT`: no deadline. `quit`: exit at once.
+ * - `clear in|out PORT`: no deadline. `quit`: exit at once. `takeover`: make
+ *   the predecessor holding HANDOVER exit (see above).
  * - EOF (its monitor died): every pending deadline still cuts; it exits once
  *   none is left.
  * Output, one line each: `cut in|out PORT N` (N sockets destroyed),
@@ -98,8 +101,20 @@ now();
 my ($SOL_SOCKET, $SO_PEERCRED) = (1, 17);
 sub peer_uid { my $cred = getsockopt($_[0], $SOL_SOCKET, $SO_PEERCRED); return defined $cred ? (unpack('l L', $cred))[1] : -1 }
 my $successor;
-if (length $HANDOVER) {
-  my $name = pack('S', $AF_UNIX) . "\0$HANDOVER";
+my $HANDOVER_NAME = pack('S', $AF_UNIX) . "\0$HANDOVER";
+# At start-up: the name if it is free. Taken from a predecessor only at the takeover command.
+sub hold_name {
+  socket($successor, $AF_UNIX, $SOCK_STREAM, 0) or fatal("handover socket: $!");
+  if (bind($successor, $HANDOVER_NAME) && listen($successor, 8)) { return 1 }
+  $! == $EADDRINUSE or fatal("handover bind: $!");
+  close $successor;
+  undef $successor;
+  return 0;
+}
+hold_name() if length $HANDOVER;
+sub take_over {
+  return if $successor || !length $HANDOVER;
+  my $name = $HANDOVER_NAME;
   socket($successor, $AF_UNIX, $SOCK_STREAM, 0) or fatal("handover socket: $!");
   my ($tries, $bound, $knocked) = (0, 0, 0);
   until ($bound = bind($successor, $name)) {
@@ -332,6 +347,9 @@ sub command {
     delete $due{"$1 $2"};
   } elsif ($l eq 'quit') {
     exit 0;
+  } elsif ($l eq 'takeover') {
+    take_over();
+    flush();
   } elsif ($l ne '') {
     emit("error unknown command: " . substr($l, 0, 100));
   }

@@ -10,6 +10,7 @@ export type CutKind = 'in' | 'out';
 export type CutterCommand =
   | {op: 'arm', kind: CutKind, port: number, atNs: bigint}
   | {op: 'clear', kind: CutKind, port: number}
+  | {op: 'takeover'}
   | {op: 'quit'};
 
 export type CutReport = {kind: CutKind, port: number, sockets: number};
@@ -58,6 +59,8 @@ export function formatCommand(command: CutterCommand): string {
     case 'clear':
       checkPort(command.port);
       return `clear ${command.kind} ${command.port}\n`;
+    case 'takeover':
+      return 'takeover\n';
     case 'quit':
       return 'quit\n';
   }
@@ -224,6 +227,19 @@ export class SocketCutter {
 
   clear(kind: CutKind, port: number): void {
     this.queue(kind, port, formatCommand({op: 'clear', kind, port}));
+  }
+
+  /**
+   * Make a predecessor (a dead or old monitor's cutter) exit, once this one
+   * holds every deadline: written after every command given so far.
+   */
+  takeOver(): void {
+    this.pending.delete('takeover');
+    this.pending.set('takeover', formatCommand({op: 'takeover'}));
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
 
   /** Exit now, pending deadlines dropped (a clean stop). */

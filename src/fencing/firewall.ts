@@ -36,9 +36,19 @@ export type KernelView = {
   isolated: Map<number, KernelPort>;
 };
 
+/** What the kernel holds for a port after a write: fenced, open with no deadline, or passing until `until` (monotonic ms). */
+export type HeldPort = {alive: {kind: 'armed' | 'open' | 'fenced', until?: number}};
+
+/** Per port, for the service's ports (clients) and the isolated destinations (voice). */
+export type Held = {clients: ReadonlyMap<number, HeldPort>, voice: ReadonlyMap<number, HeldPort>};
+
 export type ApplyResult =
-  /** `earlyMs`: how much before its deadline an element written now may run out (a backend that holds deadlines; else 0). */
-  | {ok: true, newlyFenced: Array<number>, earlyMs: number}
+  /**
+   * `earlyMs`: how much before its deadline an element written now may run
+   * out (a backend that holds deadlines; else 0). `held`: what the kernel
+   * holds now, when this apply wrote anything.
+   */
+  | {ok: true, newlyFenced: Array<number>, earlyMs: number, held?: Held}
   | {ok: false, detail: string};
 
 /** What a stop did with the ports it was asked to leave open: the ones whose deadline had already run out stay fenced. */

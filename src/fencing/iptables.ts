@@ -1,8 +1,11 @@
 import type {Logger} from '../log';
 import {describeRun} from './firewall';
-import type {ApplyResult, DesiredReporter, Firewall, KernelView, ReleaseResult, Runner} from './firewall';
+import type {ApplyResult, DesiredReporter, Firewall, HeldPort, KernelView, ReleaseResult, Runner} from './firewall';
 import {FAMILIES, fencesByName, jumpIsInPlace, matchesDesired, parseSave, removeAllText, restoreArgv, restoreText, saveArgv} from './rules';
 import type {ChainState, Family, Fence, HookState} from './rules';
+
+const OPEN_PORT: HeldPort = Object.freeze({alive: Object.freeze({kind: 'open' as const})});
+const FENCED_PORT: HeldPort = Object.freeze({alive: Object.freeze({kind: 'fenced' as const})});
 
 /** A firewall tool that takes longer than this is treated as failed and retried. */
 export const TOOL_DEADLINE_MS = 8_000;
@@ -105,7 +108,12 @@ export class IptablesFirewall implements Firewall {
     }
     const before = new Set((this.applied ?? []).flatMap(f => f.ports));
     this.applied = fences;
-    return {ok: true, newlyFenced: [...new Set(fences.flatMap(f => f.ports))].filter(port => !before.has(port)), earlyMs: 0};
+    // No deadline is the kernel's here: a port is fenced by a rule, or open.
+    const clients = new Map<number, HeldPort>(desired.flatMap(r => r.ports.map(port => [port, OPEN_PORT] as const)));
+    for (const fence of fences)
+      for (const port of fence.ports)
+        clients.set(port, FENCED_PORT);
+    return {ok: true, newlyFenced: [...new Set(fences.flatMap(f => f.ports))].filter(port => !before.has(port)), earlyMs: 0, held: {clients, voice: new Map()}};
   }
 
   /**

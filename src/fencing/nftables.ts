@@ -420,7 +420,7 @@ export class NftablesFirewall implements Firewall {
     this.voice.commit(plans.voice);
     this.replaceNext = false;
     // An element written with the time left as of now + lead runs out up to `lead` early if nft commits at once.
-    return {ok: true, newlyFenced, earlyMs: EARLY_MS + Math.max(0, lead)};
+    return {ok: true, newlyFenced, earlyMs: EARLY_MS + Math.max(0, lead), held: plans};
   }
 
   async release(ports: {clients: ReadonlyArray<number>, voice: ReadonlyArray<number>}): Promise<ReleaseResult> {

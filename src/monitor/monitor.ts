@@ -16,6 +16,7 @@ import {FencedFiles, METRICS_FILE, SNAPSHOT_VERSION, copyAtomicAsync, emptyRejec
 import type {Snapshot} from '../state';
 import {ensureFifo, openFifoReader} from '../transport';
 import {Applier} from './applier';
+import {CutSchedule} from './cuts';
 import {SideEffects} from './effects';
 import {Registry, systemClock} from './registry';
 import type {Transition} from './registry';
@@ -129,6 +130,7 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     throw error;
   }
   const effects = new SideEffects(run, logger, options.onChange);
+  const cuts = new CutSchedule(helper, logger, firewall.holdsDeadlines);
   const fencedFiles = new FencedFiles(options.stateDir);
   // The state directory is tmpfs: these writes cannot hang.
   const tellReporter = (name: string) => {
@@ -162,7 +164,10 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
         registry.acknowledged(result.earlyMs);
       if (!wasOk)
         logger.info('firewall updated again after earlier failures');
-      if (result.newlyFenced.length > 0)
+      if (result.held !== undefined)
+        cuts.held(result.held);
+      // Without a cutter, waiting clients are left to ss -K: an exec, which a hung disk can stall.
+      if (result.newlyFenced.length > 0 && !cuts.cutting)
         effects.closeConnections(result.newlyFenced);
     } else {
       limited.log('error', `fail:${firewall.name}`, `firewall update failed: ${result.detail}; retrying`, {firewall: firewall.name});
@@ -241,6 +246,7 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
       firewallOk,
       firewall: firewall.name,
       deadlinesInKernel: firewall.holdsDeadlines,
+      socketCutter: cuts.status,
     },
     reporters: registry.snapshot(),
   });
@@ -294,6 +300,8 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     logger.info('firewall: iptables, chain EBSMON; deadlines are kept by this monitor, which must be running to fence');
   }
   applier.startReconciling();
+  // Started once the kernel holds every adopted deadline: it is handed them all before it takes over from a predecessor.
+  await cuts.start();
 
   const reader = openFifoReader(options.fifo, chunk => decoder.push(chunk));
   const pulse = setInterval(writeState, SNAPSHOT_EVERY_MS);
@@ -310,7 +318,8 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
 
   reader.close();
   clearInterval(pulse);
-  await leaveFirewall(registry, applier, firewall, logger, BATCH_MS + earlyMs);
+  const released = await leaveFirewall(registry, applier, firewall, logger, BATCH_MS + earlyMs);
+  cuts.stop(released);
   registry.close();
   await firewall.close();
   helper.close();
@@ -342,7 +351,7 @@ async function inspect(firewall: Firewall, logger: Logger): Promise<KernelView |
  * it in time). The ports are released only where the kernel still holds
  * them alive at the moment it commits. Each reporter's fate is logged.
  */
-async function leaveFirewall(registry: Registry, applier: Applier, firewall: Firewall, logger: Logger, marginMs: number): Promise<void> {
+async function leaveFirewall(registry: Registry, applier: Applier, firewall: Firewall, logger: Logger, marginMs: number): Promise<{clients: Array<number>, voice: Array<number>}> {
   registry.settleAll();
   registry.fenceDueAtStop(marginMs);
   const timeout = <T>(work: Promise<T>) => Promise.race([work, new Promise<null>(resolve => setTimeout(() => resolve(null), STOP_APPLY_WAIT_MS).unref())]);
@@ -370,4 +379,5 @@ async function leaveFirewall(registry: Registry, applier: Applier, firewall: Fir
     else
       logger.warn(`${reporter.name}: left with the deadline the kernel holds (${reporter.deadlineAt == null ? 'unknown' : new Date(reporter.deadlineAt).toISOString()}): it could not be released`, meta);
   }
+  return {clients: [...open], voice: [...voiceOpen]};
 }

@@ -120,6 +120,11 @@ export function renderMetricsTo(snapshot: Snapshot, now: number, emit: (text: st
     emit(`ebsmon_lines_rejected_total{reason="${escapeLabel(reason)}"} ${value(n)}\n`);
   head('ebsmon_firewall_ok', 'gauge', '1 when the last firewall update succeeded.');
   emit(`ebsmon_firewall_ok ${snapshot.monitor.firewallOk ? 1 : 0}\n`);
+  if (snapshot.monitor.socketCutter !== undefined) {
+    head('ebsmon_socket_cutter_state', 'gauge', 'The socket cutter, which cuts clients waiting on a fenced port: 1 for its state (ok; unsupported: the kernel refuses SOCK_DESTROY; none: not running), 0 for the others.');
+    for (const state of ['ok', 'unsupported', 'none'])
+      emit(`ebsmon_socket_cutter_state{state="${state}"} ${snapshot.monitor.socketCutter.state === state ? 1 : 0}\n`);
+  }
   if (snapshot.monitor.firewall !== undefined) {
     head('ebsmon_firewall_backend', 'gauge', 'The firewall backend in use (1), and whether the kernel holds the deadlines.');
     emit(`ebsmon_firewall_backend{backend="${snapshot.monitor.firewall}",deadlines_in_kernel="${snapshot.monitor.deadlinesInKernel === true}"} 1\n`);

@@ -111,6 +111,12 @@ export const isSnapshot = t.isObject({
     firewall: t.isOptional(t.isEnum(['nftables', 'iptables'] as const)),
     /** True when the kernel holds the deadlines (nftables): fences land even while the monitor cannot run. */
     deadlinesInKernel: t.isOptional(t.isBoolean()),
+    /**
+     * The socket cutter, which cuts clients already waiting on a fenced port:
+     * ok (running), unsupported (the kernel refuses SOCK_DESTROY), none (not
+     * running: ss -K is tried instead). Older monitors wrote none.
+     */
+    socketCutter: t.isOptional(t.isObject({state: t.isEnum(['ok', 'unsupported', 'none'] as const), pid: t.isOptional(t.isNumber()), detail: t.isOptional(t.isString())})),
   }),
   reporters: t.isArray(isReporterSnapshot),
 });

@@ -58,6 +58,11 @@ export function renderTable(view: StatusView, colors: Colors = NO_COLORS, {reaso
   const lines = [view.monitor.alive ? headline(view) : colors.red(headline(view))];
   if (!view.monitor.firewallOk)
     lines.push(colors.red('the monitor\'s last firewall update failed; see its log'));
+  const cutter = view.monitor.socketCutter;
+  if (cutter !== undefined && cutter.state !== 'ok')
+    lines.push(colors.yellow(cutter.state === 'unsupported'
+      ? `clients already waiting on a fenced port are not cut: this kernel refuses to destroy sockets (${cutter.detail ?? 'SOCK_DESTROY'})`
+      : `no socket cutter (${cutter.detail ?? 'not running'}): clients already waiting on a fenced port are cut by ss -K, an exec a hung disk can stall`));
   if (view.reporters.length === 0)
     return `${lines.join('\n')}\nno reporters yet\n`;
 

@@ -29,6 +29,8 @@ async function main(): Promise<void> {
   cutter.onCut(cut => say({cut, at: String(process.hrtime.bigint())}));
   cutter.onError(text => say({error: text}));
   cutter.onExit(code => say({exit: code}));
+  // As the monitor does once it has handed the cutter its deadlines (here: none yet).
+  cutter.takeOver();
   say({ready: {supported: cutter.supported, detail: cutter.unsupportedDetail, pid: cutter.pid, helperPid: helper.pid, warnings: cutter.warnings}});
   let received = 0;
   for await (const line of readline.createInterface({input: process.stdin})) {
