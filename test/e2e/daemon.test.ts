@@ -105,10 +105,9 @@ describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {
       fs.writeFileSync(path.join(units, unit), fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', unit), 'utf8').replaceAll('/usr/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units));
     fs.writeFileSync(path.join(units, 'report-mysql.env'), 'MONITOR=/var/lib/mysql\nPORTS=3306\n');
     fs.copyFileSync(path.join(units, 'ebsmon-report@.service'), path.join(units, 'ebsmon-report@mysql.service'));
-    const out = sh(['systemd-analyze', 'verify', '--man=no', path.join(units, 'ebsmon-monitor.service'), path.join(units, 'ebsmon-report@mysql.service')], {allowFail: true});
+    // Both streams (systemd-analyze warns on stderr and may still exit 0), less what a host may lack for the monitor's ordering.
     const result = sh(['bash', '-c', `systemd-analyze verify --man=no ${units}/ebsmon-monitor.service ${units}/ebsmon-report@mysql.service 2>&1; echo "rc=$?"`]);
-    assert.match(result, /rc=0\s*$/, `${out}${result}`);
-    assert.doesNotMatch(result.replace(/.*(Failed to load|Cannot add dependency|not found).*ebsmon-monitor.service.*\n?/g, ''), /ebsmon.*(Unknown|error|invalid)/i);
+    assert.equal(result.replace(/.*(Failed to load|Cannot add dependency|not found).*ebsmon-monitor.service.*\n?/g, ''), 'rc=0\n');
   });
 
   it('packs into a self-contained tarball: a global install with no network at all gives a working ebsmon and nothing else', async (t: TestContext) => {

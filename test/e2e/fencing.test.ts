@@ -273,6 +273,17 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
     const hook = path.join(dir, 'hook.sh');
     // For slowhook's fence it hangs, with a child of its own: its deadline must end both.
     const hungPids = path.join(dir, 'hung-hook.pids');
+    // Should that fail, the test ends them itself: the pids the hook wrote, while they are still the hook's.
+    t.after(() => {
+      for (const pid of fs.existsSync(hungPids) ? fs.readFileSync(hungPids, 'utf8').trim().split(' ').map(Number) : []) {
+        try {
+          if (fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes('EBSMON_REPORTER=slowhook'))
+            process.kill(pid, 'SIGKILL');
+        } catch {
+          // Gone.
+        }
+      }
+    });
     fs.writeFileSync(hook, `#!/bin/sh
 echo "$EBSMON_REPORTER $EBSMON_STATE $EBSMON_PORTS $EBSMON_REASON" >> ${hookLog}
 if [ "$EBSMON_REPORTER $EBSMON_STATE" = "slowhook fenced" ]; then
@@ -447,15 +458,20 @@ exit 0
 
     assert.ok(fencedFor(backend, rig.srv, 'flushme', 7002, 'forward'), 'published container ports too');
 
-    // Behind its back, in each family and each chain: IPv4's input rule and jump, IPv6's input
-    // rule, IPv4's forward rule and IPv6's forward jump. Each family is read on its own.
+    // Behind its back, one at a time, so that each repair is seen on its own: IPv4's input rule
+    // and jump, IPv6's input rule, IPv4's forward rule, IPv6's forward jump. Each family is read on its own.
     const jump = (chain: string) => ['-m', 'comment', '--comment', 'ebsmon:jump', '-j', chain];
-    sh(inNs(rig.srv, ['iptables', '-F', 'EBSMON']));
-    sh(inNs(rig.srv, ['iptables', '-D', 'INPUT', ...jump('EBSMON')]));
-    sh(inNs(rig.srv, ['ip6tables', '-F', 'EBSMON']));
-    sh(inNs(rig.srv, ['iptables', '-F', 'EBSMON_FWD']));
-    sh(inNs(rig.srv, ['ip6tables', '-D', 'FORWARD', ...jump('EBSMON_FWD')]));
-    await waitFor('every rule and jump back, in both families', () => fencedFor(backend, rig.srv, 'flushme', 7002, 'input') && fencedFor(backend, rig.srv, 'flushme', 7002, 'forward'), 15_000);
+    const damage: Array<[string, Array<Array<string>>]> = [
+      ['IPv4 input', [['iptables', '-F', 'EBSMON'], ['iptables', '-D', 'INPUT', ...jump('EBSMON')]]],
+      ['IPv6 input', [['ip6tables', '-F', 'EBSMON']]],
+      ['IPv4 forward', [['iptables', '-F', 'EBSMON_FWD']]],
+      ['IPv6 forward', [['ip6tables', '-D', 'FORWARD', ...jump('EBSMON_FWD')]]],
+    ];
+    for (const [what, commands] of damage) {
+      for (const argv of commands)
+        sh(inNs(rig.srv, argv));
+      await waitFor(`${what}: every rule and jump back, in both families`, () => fencedFor(backend, rig.srv, 'flushme', 7002, 'input') && fencedFor(backend, rig.srv, 'flushme', 7002, 'forward'), 15_000);
+    }
     for (const [tool, chain] of [['iptables', 'INPUT'], ['ip6tables', 'INPUT'], ['iptables', 'FORWARD'], ['ip6tables', 'FORWARD']] as const)
       assert.match(sh(inNs(rig.srv, [tool, '-S', chain])).split('\n')[1] ?? '', /ebsmon:jump/, `${tool} ${chain}: the jump at position 1`);
     await waitFor('the repair logged', () => monitor.logs().some(l => /changed behind its back/.test(String(l.message))));

@@ -4,8 +4,8 @@ export type Backend = 'nftables' | 'iptables';
 export const BACKENDS: ReadonlyArray<Backend> = ['nftables', 'iptables'];
 export type Family = 'ipv4' | 'ipv6';
 export const FAMILIES: ReadonlyArray<Family> = ['ipv4', 'ipv6'];
-/** The hook a fence is in: a port of this host (input), or one it forwards to a container (forward). */
-export type Hook = 'input' | 'forward';
+/** The traffic a fence is for: to a port of this host (input), or forwarded to a container's (forward). */
+export type Traffic = 'input' | 'forward';
 
 /** Port -> the reporters it is fenced for. */
 export type Fences = Map<number, Array<string>>;
@@ -20,7 +20,7 @@ type NftElement = number | {elem: {val: number, comment?: string, timeout?: numb
 type NftJson = {nftables: Array<{set?: {name: string, elem?: Array<NftElement>}}>};
 
 /** ebsmon's rule in each of its chains, as `nft list` prints it. */
-const RULES: Record<Hook, string> = {
+const RULES: Record<Traffic, string> = {
   input: 'iifname != "lo" meta l4proto tcp ct direction original ct original proto-dst @guarded ct original proto-dst != @alive reject with tcp reset comment "ebsmon"',
   forward: 'meta l4proto tcp ct direction original ct original proto-dst @guarded ct original proto-dst != @alive fib saddr type != local reject with tcp reset comment "ebsmon"',
 };
@@ -32,20 +32,20 @@ const RULES: Record<Hook, string> = {
 export type NftTable = {
   guarded: Map<number, {comment: string | null}>;
   alive: Map<number, {timeoutS: number | null, expiresS: number | null}>;
-  /** The hooks whose chain holds ebsmon's rule, exactly. */
-  ruleIn: Set<Hook>;
+  /** The chains (input, forward) that hold ebsmon's rule, exactly. */
+  ruleIn: Set<Traffic>;
 };
 
 export function ebsmonTable(ns: string): NftTable | null {
   const sets = nftSets(sh(inNs(ns, ['nft', '-j', 'list', 'table', 'inet', 'ebsmon']), {allowFail: true}));
   if (sets === null)
     return null;
-  const ruleIn = new Set<Hook>();
+  const ruleIn = new Set<Traffic>();
   // The rules as text (JSON spells a rule as a tree of expressions), one chain at a time.
-  for (const hook of ['input', 'forward'] as const) {
-    const chain = sh(inNs(ns, ['nft', 'list', 'chain', 'inet', 'ebsmon', hook]), {allowFail: true});
-    if (chain.split('\n').some(line => line.trim() === RULES[hook]))
-      ruleIn.add(hook);
+  for (const traffic of ['input', 'forward'] as const) {
+    const chain = sh(inNs(ns, ['nft', 'list', 'chain', 'inet', 'ebsmon', traffic]), {allowFail: true});
+    if (chain.split('\n').some(line => line.trim() === RULES[traffic]))
+      ruleIn.add(traffic);
   }
   return {...sets, ruleIn};
 }
@@ -67,11 +67,11 @@ export function nftSets(json: string): Omit<NftTable, 'ruleIn'> | null {
   return sets;
 }
 
-/** nftables: guarded and not alive, for both families at once (an inet table), behind the hook's rule. */
-function nftFences(ns: string, hook: Hook): Fences {
+/** nftables: guarded and not alive, for both families at once (an inet table), behind the chain's rule. */
+function nftFences(ns: string, traffic: Traffic): Fences {
   const out: Fences = new Map();
   const table = ebsmonTable(ns);
-  if (table === null || !table.ruleIn.has(hook))
+  if (table === null || !table.ruleIn.has(traffic))
     return out;
   for (const [port, {comment}] of table.guarded)
     if (!table.alive.has(port))
@@ -83,10 +83,10 @@ function nftFences(ns: string, hook: Hook): Fences {
  * iptables: one family's rules in EBSMON (input) or EBSMON_FWD (forward), counted
  * only while the jump to that chain is in INPUT or FORWARD.
  */
-function iptablesFences(ns: string, family: Family, hook: Hook): Fences {
+function iptablesFences(ns: string, family: Family, traffic: Traffic): Fences {
   const out: Fences = new Map();
   const save = sh(inNs(ns, [family === 'ipv4' ? 'iptables-save' : 'ip6tables-save', '-t', 'filter'])).split('\n');
-  const [from, chain, port] = hook === 'input' ? ['INPUT', 'EBSMON', '--dport'] : ['FORWARD', 'EBSMON_FWD', '--ctorigdstport'];
+  const [from, chain, port] = traffic === 'input' ? ['INPUT', 'EBSMON', '--dport'] : ['FORWARD', 'EBSMON_FWD', '--ctorigdstport'];
   if (!save.some(line => new RegExp(`^-A ${from} .*--comment "?ebsmon:jump"? -j ${chain}$`).test(line)))
     return out;
   for (const line of save) {
@@ -98,23 +98,23 @@ function iptablesFences(ns: string, family: Family, hook: Hook): Fences {
 }
 
 /** What each family rejects in a namespace, each read on its own. */
-export function kernelFences(backend: Backend, ns: string, hook: Hook = 'input'): Record<Family, Fences> {
+export function kernelFences(backend: Backend, ns: string, traffic: Traffic = 'input'): Record<Family, Fences> {
   if (backend === 'nftables') {
-    const both = nftFences(ns, hook);
+    const both = nftFences(ns, traffic);
     return {ipv4: both, ipv6: both};
   }
-  return {ipv4: iptablesFences(ns, 'ipv4', hook), ipv6: iptablesFences(ns, 'ipv6', hook)};
+  return {ipv4: iptablesFences(ns, 'ipv4', traffic), ipv6: iptablesFences(ns, 'ipv6', traffic)};
 }
 
 /** Fenced for this reporter in IPv4 and in IPv6. */
-export function fencedFor(backend: Backend, ns: string, name: string, port: number, hook: Hook = 'input'): boolean {
-  const fences = kernelFences(backend, ns, hook);
+export function fencedFor(backend: Backend, ns: string, name: string, port: number, traffic: Traffic = 'input'): boolean {
+  const fences = kernelFences(backend, ns, traffic);
   return FAMILIES.every(family => fences[family].get(port)?.includes(name) === true);
 }
 
 /** Fenced in neither family, for no reporter: confirm with a real connect over each (tcpTry). */
-export function unfenced(backend: Backend, ns: string, port: number, hook: Hook = 'input'): boolean {
-  const fences = kernelFences(backend, ns, hook);
+export function unfenced(backend: Backend, ns: string, port: number, traffic: Traffic = 'input'): boolean {
+  const fences = kernelFences(backend, ns, traffic);
   return FAMILIES.every(family => !fences[family].has(port));
 }
 
