@@ -41,6 +41,24 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 client() { ip netns exec "$CLI" node "$HELPERS/client.mjs" 10.214.0.1 "$PORT"; }
+client_says() { [ "$(client)" = "$1" ]; }
+monitor_up() { [ -p "$WORK/run/ebsmon.fifo" ] && [ -f "$WORK/run/state.json" ]; }
+healthy() { "$EBSMON" status --state-dir="$WORK/run" --json 2>/dev/null | grep -q '"state": "healthy"'; }
+
+# Every wait has a bound: a step that does not happen says so, shows the logs and
+# exits (the EXIT trap cleans up) instead of leaving the demo hanging.
+await() { # SECONDS WHAT COMMAND [ARG...]
+  local bound=$1 what=$2 deadline=$(( $(date +%s) + $1 ))
+  shift 2
+  until "$@"; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      say "gave up: no $what within $bound s"
+      tail -n 20 "$WORK/monitor.log" "$WORK/reporter.log" 2>/dev/null | sed 's/^/            log | /'
+      exit 1
+    fi
+    sleep 0.05
+  done
+}
 
 say "ebsmon demo: a TCP service on a network-like volume, watched by ebsmon"
 truncate -s 64M "$WORK/volume.img"; mkfs.ext4 -q -F "$WORK/volume.img"
@@ -59,9 +77,9 @@ say "made two network namespaces: server $SRV (10.214.0.1) and client $CLI (10.2
 mkdir -p "$WORK/run"; mount -t tmpfs -o size=8m tmpfs "$WORK/run"
 (cd "$WORK/mnt/data" && exec ip netns exec "$SRV" node "$HELPERS/server.mjs" "$PORT" >/dev/null) & PIDS+=($!)
 ip netns exec "$SRV" "$EBSMON" monitor --fifo="$WORK/run/ebsmon.fifo" --state-dir="$WORK/run" --timeout=3 --recover=2 --log-format=text 2>"$WORK/monitor.log" & MONITOR=$!; PIDS+=($MONITOR)
-until [ -p "$WORK/run/ebsmon.fifo" ] && [ -f "$WORK/run/state.json" ]; do sleep 0.1; done
+await 30 "monitor running" monitor_up
 "$EBSMON" report --monitor="$WORK/mnt/data" --name=demo --ports="$PORT" --fifo="$WORK/run/ebsmon.fifo" --interval=0.5 --probe-timeout=1 --log-format=text 2>"$WORK/reporter.log" & PIDS+=($!)
-until "$EBSMON" status --state-dir="$WORK/run" --json 2>/dev/null | grep -q '"state": "healthy"'; do sleep 0.1; done
+await 30 "healthy reporter" healthy
 say "started the service on port $PORT, ebsmon monitor (--timeout=3 --recover=2) and ebsmon report (--interval=0.5)"
 say "client -> service: $(client)"
 say "the kernel holds the deadline: each heartbeat re-arms the port's element in table inet ebsmon"
@@ -69,7 +87,7 @@ ip netns exec "$SRV" nft list set inet ebsmon alive | grep elements | sed 's/^[[
 
 say "freezing the volume (fsfreeze -f): every write to it now hangs, like a stuck EBS volume"
 fsfreeze -f "$WORK/mnt"; FROZEN=1; FREEZE=$(now)
-until [ "$(client)" = refused ]; do sleep 0.05; done
+await 30 "fence" client_says refused
 say "client -> service: refused (TCP reset) $(since "$FREEZE") s after the freeze: clients fail fast instead of hanging"
 "$EBSMON" status --state-dir="$WORK/run" | sed 's/^/          status | /'
 ip netns exec "$SRV" nft list table inet ebsmon | sed 's/^/             nft | /'
@@ -77,17 +95,17 @@ say "the service still answers on loopback inside its host: $(ip netns exec "$SR
 
 say "thawing the volume (fsfreeze -u)"
 fsfreeze -u "$WORK/mnt"; FROZEN=0; THAW=$(now)
-until [ "$(client)" = ok ]; do sleep 0.05; done
+await 30 "unfence after the thaw" client_says ok
 say "client -> service: ok again $(since "$THAW") s after the thaw (after 2 fresh heartbeats)"
 
 say "now the monitor itself is frozen (SIGSTOP), as when the root disk hangs under it, and then the volume"
 kill -STOP "$MONITOR"; STOPPED=1
 fsfreeze -f "$WORK/mnt"; FROZEN=1; FREEZE=$(now)
-until [ "$(client)" = refused ]; do sleep 0.05; done
+await 30 "fence by the kernel" client_says refused
 say "client -> service: refused $(since "$FREEZE") s after the freeze, with the monitor stopped: the kernel fenced at the deadline by itself"
 kill -CONT "$MONITOR"; STOPPED=0
 fsfreeze -u "$WORK/mnt"; FROZEN=0; THAW=$(now)
-until [ "$(client)" = ok ]; do sleep 0.05; done
+await 30 "unfence after the thaw" client_says ok
 say "monitor continued, volume thawed: client -> service: ok again $(since "$THAW") s after the thaw"
 "$EBSMON" status --state-dir="$WORK/run" | sed 's/^/          status | /'
 say "what the monitor logged:"

@@ -5,7 +5,7 @@ import {after, before, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
-import {ebsmonOnce} from '../helpers/proc';
+import {ebsmon, ebsmonOnce} from '../helpers/proc';
 import {EBSMON, ROOT, Teardown, alive, isRoot, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
 
 describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
@@ -54,6 +54,30 @@ describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {
     assert.equal(fs.existsSync(pidfile), false);
   });
 
+  it('a reporter reopens its log file on SIGHUP (logrotate\'s postrotate), and goes on logging there', async (t: TestContext) => {
+    requireRoot(t);
+    const watched = path.join(dir, 'watched');
+    fs.mkdirSync(watched);
+    const logfile = path.join(dir, 'reporter.log');
+    // No monitor: the reporter probes and logs that its heartbeats go nowhere, which is all this needs.
+    const reporter = ebsmon(['report', `--monitor=${watched}`, '--name=rotated', '--ports=3306', `--fifo=${dir}/nomonitor/fifo`, '--interval=0.2', `--logfile=${logfile}`, '--log-format=json', '--log-level=debug']);
+    try {
+      const text = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '');
+      await waitFor('the reporter logging to its file', () => text(logfile).includes('"reporter starting"'));
+      fs.renameSync(logfile, `${logfile}.1`);
+      reporter.kill('SIGHUP');
+      await waitFor('a new log file', () => text(logfile).includes('log file reopened'));
+      assert.ok(reporter.running, 'SIGHUP does not stop it');
+      const lines = () => text(logfile).split('\n').filter(Boolean).length;
+      const after = lines();
+      await waitFor('more lines in the new file', () => lines() > after);
+      assert.doesNotMatch(text(`${logfile}.1`), /log file reopened/, 'the rotated file got nothing after the SIGHUP');
+    } finally {
+      await reporter.stop();
+    }
+    assert.equal(reporter.exitCode, 0);
+  });
+
   it('replaces a stale pidfile', async (t: TestContext) => {
     requireRoot(t);
     const pidfile = path.join(dir, 'stale.pid');
@@ -81,10 +105,9 @@ describe('operating ebsmon: daemon mode, pidfile, log reopen, units, package', {
       fs.writeFileSync(path.join(units, unit), fs.readFileSync(path.join(ROOT, 'contrib', 'systemd', unit), 'utf8').replaceAll('/usr/bin/ebsmon', EBSMON).replaceAll('/etc/ebsmon', units));
     fs.writeFileSync(path.join(units, 'report-mysql.env'), 'MONITOR=/var/lib/mysql\nPORTS=3306\n');
     fs.copyFileSync(path.join(units, 'ebsmon-report@.service'), path.join(units, 'ebsmon-report@mysql.service'));
-    const out = sh(['systemd-analyze', 'verify', '--man=no', path.join(units, 'ebsmon-monitor.service'), path.join(units, 'ebsmon-report@mysql.service')], {allowFail: true});
+    // Both streams (systemd-analyze warns on stderr and may still exit 0), less what a host may lack for the monitor's ordering.
     const result = sh(['bash', '-c', `systemd-analyze verify --man=no ${units}/ebsmon-monitor.service ${units}/ebsmon-report@mysql.service 2>&1; echo "rc=$?"`]);
-    assert.match(result, /rc=0\s*$/, `${out}${result}`);
-    assert.doesNotMatch(result.replace(/.*(Failed to load|Cannot add dependency|not found).*ebsmon-monitor.service.*\n?/g, ''), /ebsmon.*(Unknown|error|invalid)/i);
+    assert.equal(result.replace(/.*(Failed to load|Cannot add dependency|not found).*ebsmon-monitor.service.*\n?/g, ''), 'rc=0\n');
   });
 
   it('packs into a self-contained tarball: a global install with no network at all gives a working ebsmon and nothing else', async (t: TestContext) => {

@@ -11,11 +11,13 @@ import type {Heartbeat} from '../../src/heartbeat';
 import {readSnapshot} from '../../src/state';
 import {FifoWriter} from '../../src/transport';
 import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, scrubbedEnv, tcpTry} from '../helpers/proc';
-import {BACKENDS, clearEbsmon, fencedFor, foreignRules, kernelFences} from '../helpers/firewall';
-import {EBSMON, LoopVolume, Teardown, createNetRig, inNs, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
+import {BACKENDS, clearEbsmon, fencedFor, foreignRules, unfenced} from '../helpers/firewall';
+import {EBSMON, LoopVolume, Teardown, createNetRig, inNs, isRoot, processState, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 
 const PORT = 7000;
+/** Ports the test's server answers on besides PORT, so that a connect tells a fence (refused) from no fence (ok). */
+const ALSO = [22, 7006, 7007];
 const SEED_V4 = `*filter
 :INPUT ACCEPT [0:0]
 :FORWARD ACCEPT [0:0]
@@ -72,7 +74,7 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
     sh(inNs(rig.srv, ['iptables-restore']), {input: SEED_V4});
     sh(inNs(rig.srv, ['ip6tables-restore']), {input: SEED_V6});
     before0 = foreignRules(backend, rig.srv);
-    server = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
+    server = new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('server.mjs'), String(PORT), ...ALSO.map(String)], {stdio: ['ignore', 'pipe', 'pipe']}));
     procs.push(server);
     await waitFor('the server', () => server.stdout.includes('listening'));
     fifo = path.join(dir, 'run', 'ebsmon.fifo');
@@ -163,7 +165,7 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
     assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok');
     assert.equal(await tcpTry(rig.cli, rig.srvV6, PORT), 'ok');
     assert.equal(foreignRules(backend, rig.srv), before0, 'foreign rules untouched after');
-    assert.equal(fenced('www', PORT), false);
+    assert.ok(unfenced(backend, rig.srv, PORT), 'no rule left in either family');
 
     await reporter.stop();
     await monitor.stop();
@@ -184,17 +186,18 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
       assert.ok(fenced('www', PORT));
       const second = startMonitor();
       let dropped = false;
-      const watch = async (untilDone: () => boolean) => {
-        while (!untilDone()) {
-          if (!fenced('www', PORT))
-            dropped = true;
-          await new Promise(resolve => setTimeout(resolve, 20));
-        }
-      };
-      await watch(() => second.logs().some(l => l.message === 'monitor running'));
-      // Past the successor's fresh --timeout too: the reporter is still silent.
-      const until = Date.now() + 3_000;
-      await watch(() => Date.now() > until);
+      const watch = (what: string, done: () => boolean) => waitFor(what, () => {
+        if (!fenced('www', PORT))
+          dropped = true;
+        return done();
+      }, 30_000, 20);
+      await watch('the successor running', () => second.logs().some(l => l.message === 'monitor running'));
+      const readyAt = Date.now();
+      // Until the successor has run past its own --timeout (2 s) with the reporter still silent, as its pulse says.
+      await watch('the successor\'s pulse past its --timeout', () => {
+        const pulse = snapshot()?.monitor;
+        return pulse?.pid === second.pid && pulse.writtenAt >= readyAt + 2_000 + 500;
+      });
       assert.equal(dropped, false, 'the fence never dropped');
       assert.equal(stateOf('www'), 'fenced');
       assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'refused');
@@ -210,15 +213,19 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
 
   it('survives hostile FIFO input: no fence of a healthy reporter, no port 22, no forged goodbye, no command run', async (t: TestContext) => {
     requireRoot(t);
-    const monitor = startMonitor();
+    // A careless --on-change program: it hands the reporter's name to a shell's eval. It runs
+    // (its log shows ghost's fence), but no name ebsmon accepts can make it run a command.
+    const marker = path.join(dir, 'injected');
+    const hookLog = path.join(dir, 'careless-hook.log');
+    const hook = path.join(dir, 'careless-hook.sh');
+    fs.writeFileSync(hook, `#!/bin/sh\neval "echo $EBSMON_REPORTER $EBSMON_STATE" >> ${hookLog}\n`, {mode: 0o755});
+    const monitor = startMonitor([`--on-change=${hook}`]);
     await ready(monitor);
     const reporter = startReporter();
     await waitFor('healthy', () => stateOf('www') === 'healthy');
     send(encodeMessage(synthetic('ghost', [7001])));
     await waitFor('ghost fenced', () => stateOf('ghost') === 'fenced');
 
-    const marker = '/tmp/x';
-    fs.rmSync(marker, {force: true});
     const writer = new FifoWriter(fifo);
     // 200 KB is more than a pipe holds: wait for room rather than drop (pipe-full).
     const raw = async (text: string | Buffer) => {
@@ -231,8 +238,9 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
       await raw(Buffer.alloc(4096, 0x41));
     await raw('\n');
     await raw(Buffer.from([0, 1, 2, 0xff, 0x0a]));
-    await raw(`${JSON.stringify({...synthetic('x', [80]), name: '"; touch /tmp/x; "'})}\n`);
-    await raw(`${JSON.stringify({...synthetic('x', [80]), name: '$(id)'})}\n`);
+    await raw(`${JSON.stringify({...synthetic('x', [80]), name: `"; touch ${marker}; "`})}\n`);
+    await raw(`${JSON.stringify({...synthetic('x', [80]), name: `$(touch ${marker})`})}\n`);
+    await raw(`${JSON.stringify({...synthetic('x', [80]), name: `x;touch ${marker}`})}\n`);
     await raw(encodeMessage(synthetic('sshgrab', [22])));
     await raw(encodeMessage({v: 1, kind: 'goodbye', name: 'ghost', pid: 4242}));
     await raw(encodeMessage({v: 1, kind: 'goodbye', name: 'www', pid: 1}));
@@ -240,12 +248,18 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
 
     await waitFor('the refusals logged', () => monitor.logs().some(l => /goodbye for ghost refused: it is fenced/.test(String(l.message))) && monitor.logs().some(l => /protected port\(s\) 22/.test(String(l.message))));
     await waitFor('sshgrab fenced (with no port)', () => stateOf('sshgrab') === 'fenced');
+    // Sent after the hostile names: had any of them been taken, its fence (due first) would have run the hook by now.
+    const hookSaw = () => (fs.existsSync(hookLog) ? fs.readFileSync(hookLog, 'utf8') : '');
+    await waitFor('the hook run for ghost and sshgrab', () => /^ghost fenced$/m.test(hookSaw()) && /^sshgrab fenced$/m.test(hookSaw()));
     assert.ok(monitor.running);
     assert.equal(stateOf('www'), 'healthy');
     assert.equal(stateOf('ghost'), 'fenced');
-    assert.equal(fs.existsSync(marker), false);
-    assert.equal(kernelFences(backend, rig.srv).has(22), false);
-    assert.ok((snapshot()?.monitor.linesRejected.name ?? 0) >= 2);
+    assert.equal(fs.existsSync(marker), false, 'no command from a name ran');
+    assert.deepEqual(hookSaw().split('\n').filter(Boolean).sort(), ['ghost fenced', 'sshgrab fenced'], 'the hook ran for no other name');
+    assert.ok(unfenced(backend, rig.srv, 22), 'port 22 in neither family');
+    assert.equal(await tcpTry(rig.cli, rig.srvV4, 22), 'ok');
+    assert.equal(await tcpTry(rig.cli, rig.srvV6, 22), 'ok');
+    assert.ok((snapshot()?.monitor.linesRejected.name ?? 0) >= 3);
     assert.ok((snapshot()?.monitor.linesRejected.oversize ?? 0) >= 1);
 
     const unblocked = await ebsmonOnce(['unblock', '--all', `--fifo=${fifo}`, `--state-dir=${stateDir}`]);
@@ -261,7 +275,28 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
     fifo = path.join(stateDir, 'ebsmon.fifo');
     const hookLog = path.join(dir, 'hook.log');
     const hook = path.join(dir, 'hook.sh');
-    fs.writeFileSync(hook, `#!/bin/sh\necho "$EBSMON_REPORTER $EBSMON_STATE $EBSMON_PORTS $EBSMON_REASON" >> ${hookLog}\n[ "$EBSMON_REPORTER" = slowhook ] && sleep 60\nexit 0\n`, {mode: 0o755});
+    // For slowhook's fence it hangs, with a child of its own: its deadline must end both.
+    const hungPids = path.join(dir, 'hung-hook.pids');
+    // Should that fail, the test ends them itself: the pids the hook wrote, while they are still the hook's.
+    t.after(() => {
+      for (const pid of fs.existsSync(hungPids) ? fs.readFileSync(hungPids, 'utf8').trim().split(' ').map(Number) : []) {
+        try {
+          if (fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes('EBSMON_REPORTER=slowhook'))
+            process.kill(pid, 'SIGKILL');
+        } catch {
+          // Gone.
+        }
+      }
+    });
+    fs.writeFileSync(hook, `#!/bin/sh
+echo "$EBSMON_REPORTER $EBSMON_STATE $EBSMON_PORTS $EBSMON_REASON" >> ${hookLog}
+if [ "$EBSMON_REPORTER $EBSMON_STATE" = "slowhook fenced" ]; then
+  sleep 600 &
+  echo "$$ $!" > ${hungPids}
+  wait
+fi
+exit 0
+`, {mode: 0o755});
     const textfile = path.join(dir, 'textfile', 'ebsmon.prom');
     fs.mkdirSync(path.dirname(textfile));
     const monitor = startMonitor([`--on-change=${hook}`, `--metrics-file=${textfile}`]);
@@ -350,10 +385,14 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
     assert.equal(sample(textfile, 'ebsmon_reporter_flaps_total{reporter="www"}'), 0);
     assert.equal(sample(textfile, 'ebsmon_reporter_fences_total{reporter="www"}'), 1);
     assert.equal(promtool(textfile), '');
-    await waitFor('the hook log', () => {
-      const text = fs.existsSync(hookLog) ? fs.readFileSync(hookLog, 'utf8') : '';
-      return /^www fenced 7000 no heartbeat for \d/m.test(text) && /^www overridden 7000 unblock by /m.test(text) && /^www healthy 7000 heartbeat after override/m.test(text);
-    });
+    const hookSaw = () => (fs.existsSync(hookLog) ? fs.readFileSync(hookLog, 'utf8') : '');
+    await waitFor('the hook log', () => /^www fenced 7000 no heartbeat for \d/m.test(hookSaw()) && /^www overridden 7000 unblock by /m.test(hookSaw()) && /^www healthy 7000 heartbeat after override/m.test(hookSaw()));
+
+    // The hanging hook: killed at its deadline (10 s) with its whole process group, and slowhook's next change runs after it.
+    await waitFor('the hanging hook killed at its deadline', () => monitor.logs().some(l => l.reporter === 'slowhook' && /^--on-change \S+ was killed after 10 s$/.test(String(l.message))), 30_000);
+    const [hookPid, childPid] = fs.readFileSync(hungPids, 'utf8').trim().split(' ').map(Number);
+    await waitFor('the hook and its child gone', () => [hookPid!, childPid!].every(pid => [null, 'Z'].includes(processState(pid))), 10_000);
+    await waitFor('slowhook\'s next change run', () => /^slowhook overridden 7003 unblock by /m.test(hookSaw()));
 
     await reporter.stop();
     await monitor.stop();
@@ -379,8 +418,12 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
     assert.equal(one.stdout, backend === 'iptables'
       ? 'no monitor running: removed ebsmon rules for left from iptables and ip6tables\n'
       : 'no monitor running: opened left\'s port(s) 7006 in table inet ebsmon (no deadline until the next monitor re-arms them)\n');
-    assert.equal(fenced('left', 7006), false);
+    assert.ok(unfenced(backend, rig.srv, 7006), 'left\'s port in neither family');
+    assert.equal(await tcpTry(rig.cli, rig.srvV4, 7006), 'ok');
+    assert.equal(await tcpTry(rig.cli, rig.srvV6, 7006), 'ok');
     assert.ok(fenced('right', 7007));
+    assert.equal(await tcpTry(rig.cli, rig.srvV4, 7007), 'refused');
+    assert.equal(await tcpTry(rig.cli, rig.srvV6, 7007), 'refused');
     assert.equal(stateOf('left'), 'overridden');
 
     const all = await ebsmonOnce(['unblock', '--all', `--fifo=${fifo}`, `--state-dir=${stateDir}`], {ns: rig.srv});
@@ -418,9 +461,24 @@ describe(`ebsmon monitor --firewall=${backend}: real fencing inside network name
     send(encodeMessage(synthetic('flushme', [7002])));
     await waitFor('flushme fenced', () => stateOf('flushme') === 'fenced' && fenced('flushme', 7002));
 
-    sh(inNs(rig.srv, ['iptables', '-F', 'EBSMON']));
-    sh(inNs(rig.srv, ['iptables', '-D', 'INPUT', '-m', 'comment', '--comment', 'ebsmon:jump', '-j', 'EBSMON']));
-    await waitFor('the rule and the jump back', () => fenced('flushme', 7002) && /ebsmon:jump/.test(sh(inNs(rig.srv, ['iptables', '-S', 'INPUT']))), 15_000);
+    assert.ok(fencedFor(backend, rig.srv, 'flushme', 7002, 'forward'), 'published container ports too');
+
+    // Behind its back, one at a time, so that each repair is seen on its own: IPv4's input rule
+    // and jump, IPv6's input rule, IPv4's forward rule, IPv6's forward jump. Each family is read on its own.
+    const jump = (chain: string) => ['-m', 'comment', '--comment', 'ebsmon:jump', '-j', chain];
+    const damage: Array<[string, Array<Array<string>>]> = [
+      ['IPv4 input', [['iptables', '-F', 'EBSMON'], ['iptables', '-D', 'INPUT', ...jump('EBSMON')]]],
+      ['IPv6 input', [['ip6tables', '-F', 'EBSMON']]],
+      ['IPv4 forward', [['iptables', '-F', 'EBSMON_FWD']]],
+      ['IPv6 forward', [['ip6tables', '-D', 'FORWARD', ...jump('EBSMON_FWD')]]],
+    ];
+    for (const [what, commands] of damage) {
+      for (const argv of commands)
+        sh(inNs(rig.srv, argv));
+      await waitFor(`${what}: every rule and jump back, in both families`, () => fencedFor(backend, rig.srv, 'flushme', 7002, 'input') && fencedFor(backend, rig.srv, 'flushme', 7002, 'forward'), 15_000);
+    }
+    for (const [tool, chain] of [['iptables', 'INPUT'], ['ip6tables', 'INPUT'], ['iptables', 'FORWARD'], ['ip6tables', 'FORWARD']] as const)
+      assert.match(sh(inNs(rig.srv, [tool, '-S', chain])).split('\n')[1] ?? '', /ebsmon:jump/, `${tool} ${chain}: the jump at position 1`);
     await waitFor('the repair logged', () => monitor.logs().some(l => /changed behind its back/.test(String(l.message))));
     await monitor.stop();
   });

@@ -6,16 +6,17 @@ import {describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
 
 import {readSnapshot} from '../../src/state';
-import {foreignRules} from '../helpers/firewall';
+import {foreignRules, unfenced} from '../helpers/firewall';
 import {HungDisk, copyIntoUsrOverlay} from '../helpers/hang';
-import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, scrubbedEnv} from '../helpers/proc';
+import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn, scrubbedEnv, tcpTry} from '../helpers/proc';
 import {EBSMON, createNetRig, descendants, inNs, isRoot, processState, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 import {useScratch} from '../helpers/suite';
 
 const PORT = 7000;
-/** What the monitor runs or loads after start-up: all of it comes from the hung disk. */
-const PROGRAMS = ['/usr/bin/node', '/usr/sbin/nft', '/usr/bin/bash', '/usr/bin/setsid', '/usr/bin/mkfifo', '/usr/bin/ss', '/usr/bin/env', '/usr/bin/cat'];
+/** What the monitor runs or loads after start-up: all of it comes from the hung disk (iptables' tools for the control). */
+const PROGRAMS = ['/usr/bin/node', '/usr/sbin/nft', '/usr/bin/bash', '/usr/bin/setsid', '/usr/bin/mkfifo', '/usr/bin/ss', '/usr/bin/env', '/usr/bin/cat',
+  '/usr/sbin/iptables-restore', '/usr/sbin/iptables-save', '/usr/sbin/ip6tables-restore', '/usr/sbin/ip6tables-save'];
 
 /**
  * The AWS truth: the root disk is EBS too. Here the monitor's node binary,
@@ -52,11 +53,18 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
   });
   const {track} = scratch;
 
-  it('the kernel fences, the pulse never stops, status says fenced, foreign rules are untouched, and it recovers when the disk does', async (t: TestContext) => {
-    requireRoot(t);
+  /**
+   * The monitor as on AWS: its node, tools, libraries, /etc and log file on the disk that
+   * will hang (overlays in a private mount namespace), its stderr a pipe nobody reads, its
+   * state directory on tmpfs. Then a reporter for a directory on that disk, and a remote
+   * client connecting over and over.
+   */
+  const start = async (t: TestContext, backend: 'nftables' | 'iptables') => {
     const d = disk.mountpoint;
-    const fifo = path.join(run, 'ebsmon.fifo');
-    const stderrFifo = path.join(scratch.dir, 'stderr.fifo');
+    const stateDir = path.join(run, backend);
+    const fifo = path.join(stateDir, 'ebsmon.fifo');
+    const log = path.join(d, 'log', `monitor-${backend}.log`);
+    const stderrFifo = path.join(scratch.dir, `stderr-${backend}.fifo`);
     sh(['mkfifo', stderrFifo]);
     const unread = fs.openSync(stderrFifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     t.after(() => fs.closeSync(unread));
@@ -65,42 +73,56 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
       `mount -t overlay overlay -o lowerdir=/etc,upperdir=${d}/etc-up,workdir=${d}/etc-work /etc`,
       // stderr: a pipe whose reader (this test) never reads, as a journald stuck on the same disk.
       `exec 2>${stderrFifo}`,
-      `exec /usr/bin/node --max-semi-space-size=2 ${d}/ebsmon monitor --firewall=nftables --fifo=${fifo} --state-dir=${run} --timeout=2 --recover=2 --log-level=debug --logfile=${d}/log/monitor.log`,
+      `exec /usr/bin/node --max-semi-space-size=2 ${d}/ebsmon monitor --firewall=${backend} --fifo=${fifo} --state-dir=${stateDir} --timeout=2 --recover=2 --log-level=debug --logfile=${log}`,
     ].join(' && ');
     const monitor = track(new Proc(spawn('ip', ['netns', 'exec', rig.srv, 'unshare', '--mount', '--propagation', 'private', '--', 'bash', '--norc', '-c', overlays], {stdio: ['ignore', 'ignore', 'ignore'], env: scrubbedEnv()})));
-    const logged = () => (fs.existsSync(path.join(d, 'log/monitor.log')) ? fs.readFileSync(path.join(d, 'log/monitor.log'), 'utf8') : '');
+    const logged = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8') : '');
     await waitFor('the monitor running', () => logged().includes('"monitor running"'), 30_000);
     const nodeMap = fs.readFileSync(`/proc/${monitor.pid}/maps`, 'utf8').split('\n').find(line => line.endsWith('/usr/bin/node'));
     assert.notEqual(Number(nodeMap?.split(/\s+/)[4]), fs.statSync('/usr/bin/node').ino, 'the monitor\'s node is the copy on the hung disk');
     const reporter = track(ebsmon(['report', `--monitor=${d}/data/www`, `--ports=${PORT}`, `--fifo=${fifo}`, '--interval=0.2', '--probe-timeout=0.5']));
-    await waitFor('healthy', () => reporterIn(run, 'www')?.state === 'healthy');
+    await waitFor('healthy', () => reporterIn(stateDir, 'www')?.state === 'healthy');
     const watch = track(new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('watcher.mjs'), rig.srvV4, String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']})));
-    const last = () => watch.stdout.trim().split('\n').filter(Boolean).map(l => JSON.parse(l) as {state: string}).at(-1)?.state;
-    await waitFor('the remote client connecting', () => last() === 'ok');
+    const states = () => watch.stdout.trim().split('\n').filter(Boolean).map(l => (JSON.parse(l) as {state: string}).state);
+    await waitFor('the remote client connecting', () => states().at(-1) === 'ok');
+    const pulseAt = () => {
+      try {
+        return readSnapshot(stateDir)?.monitor.writtenAt ?? 0;
+      } catch {
+        return 0;
+      }
+    };
+    /** The monitor's execs stuck on the disk (D state): never the monitor itself. */
+    const stuck = () => descendants(monitor.pid).filter(pid => processState(pid) === 'D');
+    return {monitor, reporter, stateDir, states, pulseAt, stuck};
+  };
+
+  it('the kernel fences, the pulse never stops, status says fenced, foreign rules are untouched, and it recovers when the disk does', async (t: TestContext) => {
+    requireRoot(t);
+    const d = disk.mountpoint;
+    const {monitor, reporter, stateDir, states, pulseAt, stuck} = await start(t, 'nftables');
+    const last = () => states().at(-1);
     const before0 = foreignRules('nftables', rig.srv);
 
     let worstPulse = 0;
     const pulse = setInterval(() => {
-      try {
-        worstPulse = Math.max(worstPulse, Date.now() - (readSnapshot(run)?.monitor.writtenAt ?? 0));
-      } catch {
-        worstPulse = Infinity;
-      }
+      worstPulse = Math.max(worstPulse, Date.now() - pulseAt());
     }, 100);
     disk.hang();
     try {
       assert.ok(await disk.provesHung(path.join(d, 'etc-up', 'services')), 'an uncached read of the disk hangs (the rig works)');
       await waitFor('the remote client refused', () => last() === 'refused', 30_000);
-      await waitFor('the monitor\'s own verdict, on tmpfs', () => reporterIn(run, 'www')?.state === 'fenced', 30_000);
-      const status = await ebsmonOnce(['status', `--state-dir=${run}`, '--nagios']);
+      await waitFor('the monitor\'s own verdict, on tmpfs', () => reporterIn(stateDir, 'www')?.state === 'fenced', 30_000);
+      const status = await ebsmonOnce(['status', `--state-dir=${stateDir}`, '--nagios']);
       assert.equal(status.code, 2);
       assert.match(status.stdout, /^CRITICAL: 1 of 1 reporters fenced \(www\), monitor pulse \d\.\ds ago/);
       assert.equal(foreignRules('nftables', rig.srv), before0, 'foreign rules untouched during the fence');
       // Its loop runs on; what it execs after the fence (ss -K) is what hangs.
-      const stuck = () => descendants(monitor.pid).filter(pid => processState(pid) === 'D');
       await waitFor('an exec of the monitor\'s stuck on the disk (not the monitor)', () => stuck().length > 0, 15_000);
-      const until = Date.now() + 3_000;
-      await waitFor('three more seconds of hang', () => Date.now() > until, 10_000, 100);
+      // Three more pulses (one a second) while that exec stays stuck: the monitor's loop is not waiting on it.
+      const stuckAt = pulseAt();
+      await waitFor('three more pulses with an exec stuck', () => pulseAt() >= stuckAt + 3_000, 10_000, 100);
+      assert.ok(stuck().length > 0, 'still stuck: the disk still hangs');
       assert.notEqual(processState(monitor.pid), 'D', 'the monitor itself is not stuck');
       assert.ok(worstPulse < 3_000, `the pulse never went stale (worst age ${worstPulse} ms)`);
       assert.equal(last(), 'refused');
@@ -108,9 +130,38 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
       disk.resume();
       clearInterval(pulse);
     }
-    await waitFor('healthy after the disk answers again', () => reporterIn(run, 'www')?.state === 'healthy', 30_000);
+    await waitFor('healthy after the disk answers again', () => reporterIn(stateDir, 'www')?.state === 'healthy', 30_000);
     await waitFor('the remote client back', () => last() === 'ok', 30_000);
     assert.equal(foreignRules('nftables', rig.srv), before0, 'foreign rules untouched after');
+    await reporter.stop();
+    await monitor.stop();
+    assert.equal(monitor.exitCode, 0);
+  });
+
+  it('a control: the same rig with --firewall=iptables never fences, since its every change is an exec from the hung disk', async (t: TestContext) => {
+    requireRoot(t);
+    const {monitor, reporter, stateDir, states, pulseAt, stuck} = await start(t, 'iptables');
+    disk.hang();
+    try {
+      assert.ok(await disk.provesHung(path.join(disk.mountpoint, 'etc-up', 'hosts')), 'an uncached read of the disk hangs (the rig works)');
+      // The monitor decides (its verdict is on tmpfs), and the exec of iptables-restore that would fence hangs.
+      await waitFor('the monitor\'s own verdict, on tmpfs', () => reporterIn(stateDir, 'www')?.state === 'fenced', 30_000);
+      // (In the exec of setsid or of iptables-restore itself: both are on the disk. It execs nothing else here.)
+      await waitFor('its exec for iptables-restore stuck on the disk', () => stuck().length > 0, 15_000);
+      // Three more pulses past the verdict, the reporter silent all along: the port was never closed.
+      const verdictAt = pulseAt();
+      await waitFor('three more pulses past the verdict', () => pulseAt() >= verdictAt + 3_000, 10_000, 100);
+      // A fence answers with a reset (refused); a connect that times out is the listen backlog of a loaded machine.
+      assert.ok(!states().includes('refused'), `the remote client was never refused: ${states().join(',')}`);
+      assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok');
+      assert.equal(await tcpTry(rig.cli, rig.srvV6, PORT), 'ok');
+      assert.ok(unfenced('iptables', rig.srv, PORT), 'no rule in either family');
+    } finally {
+      disk.resume();
+    }
+    // The stuck exec completes once the disk answers (a fence, late), and the reporter recovers.
+    await waitFor('healthy after the disk answers again', () => reporterIn(stateDir, 'www')?.state === 'healthy', 30_000);
+    await waitFor('open again', () => unfenced('iptables', rig.srv, PORT) && states().at(-1) === 'ok', 30_000);
     await reporter.stop();
     await monitor.stop();
     assert.equal(monitor.exitCode, 0);

@@ -54,7 +54,7 @@ describe('nftables: isolation from the coordinator and held replies, at the kern
     let beats = heartbeater(fifo);
     await waitFor('healthy', () => reporterIn(stateDir, 'pg')?.state === 'healthy');
     assert.deepEqual(reporterIn(stateDir, 'pg')?.isolate, [COORDINATOR]);
-    await waitFor('the coordinator reachable, with a deadline', () => (ebsmonTable(rig.srv)?.reachable.get(COORDINATOR)?.timeoutMs ?? null) !== null);
+    await waitFor('the coordinator reachable, with a deadline', () => (ebsmonTable(rig.srv)?.reachable.get(COORDINATOR)?.timeoutS ?? null) !== null);
 
     // Control: while healthy, a late answer reaches its client.
     const control = holder(rig.cli, rig.srvV4, PORT, 'idle');
@@ -96,7 +96,7 @@ describe('nftables: isolation from the coordinator and held replies, at the kern
     // A clean stop leaves the healthy reporter's voice open, with no deadline, as its clients.
     await mon.stop();
     assert.equal(mon.exitCode, 0);
-    assert.deepEqual(ebsmonTable(rig.srv)?.reachable.get(COORDINATOR), {port: COORDINATOR, timeoutMs: null, expiresMs: null, comment: null});
+    assert.deepEqual(ebsmonTable(rig.srv)?.reachable.get(COORDINATOR), {timeoutS: null, expiresS: null});
     await beats.stop();
   });
 });

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import {describe, it} from 'node:test';
+import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {LineDecoder, encodeMessage} from '../../src/heartbeat';
@@ -41,7 +42,7 @@ describe('FIFO transport on a real mkfifo', () => {
     }
   });
 
-  it('a writer with no reader is told at once, and delivers once a reader appears', async () => {
+  it('a writer with no reader is told at once, and delivers once a reader appears', async (t: TestContext) => {
     const {path: dir, cleanup} = await tmpDir({unsafeCleanup: true});
     try {
       const fifo = path.join(dir, 'f');
@@ -51,21 +52,23 @@ describe('FIFO transport on a real mkfifo', () => {
       const result = writer.send(encodeMessage(beat('a', 1)));
       assert.equal(!result.ok && result.reason, 'no-reader');
       const r = reader(fifo);
+      // Closed even when an assertion fails: an open reader keeps the test process alive.
+      t.after(() => r.close());
       assert.deepEqual(writer.send(encodeMessage(beat('a', 2))), {ok: true});
       await waitFor('the heartbeat', () => r.messages.length === 1);
-      r.close();
       writer.close();
     } finally {
       await cleanup();
     }
   });
 
-  it('keeps reading as writers come and go, and recovers from garbage', async () => {
+  it('keeps reading as writers come and go, and recovers from garbage', async (t: TestContext) => {
     const {path: dir, cleanup} = await tmpDir({unsafeCleanup: true});
     try {
       const fifo = path.join(dir, 'f');
       ensureFifo(fifo);
       const r = reader(fifo);
+      t.after(() => r.close());
       for (let i = 1; i <= 5; i++) {
         const writer = new FifoWriter(fifo);
         assert.ok(writer.send(encodeMessage(beat(`w${i}`, i))).ok);
@@ -87,33 +90,35 @@ describe('FIFO transport on a real mkfifo', () => {
       fs.closeSync(fd);
       await waitFor('the valid heartbeat after garbage', () => r.messages.some(m => m.kind === 'heartbeat' && m.name === 'after-garbage'));
       assert.deepEqual(r.rejected, ['oversize', 'malformed']);
-      r.close();
     } finally {
       await cleanup();
     }
   });
 
-  it('50 writer processes x 500 heartbeats: every line decodes, none interleaved, received + dropped = sent', async () => {
+  it('50 writer processes x 500 heartbeats: every line decodes, none interleaved, most are sent and the reader gets exactly those', async (t: TestContext) => {
     const {path: dir, cleanup} = await tmpDir({unsafeCleanup: true});
     try {
       const fifo = path.join(dir, 'f');
       ensureFifo(fifo);
       const r = reader(fifo);
+      t.after(() => r.close());
       const writers = Array.from({length: 50}, (_, i) => new Proc(spawn(process.execPath, ['--import', 'tsx', HELPER('writer.ts'), fifo, `writer-${i}`, '500'], {stdio: ['ignore', 'pipe', 'pipe']})));
       await Promise.all(writers.map(w => w.exited));
-      const reports = writers.map(w => JSON.parse(w.stdout) as {sent: number, dropped: Record<string, number>});
+      const reports = writers.map(w => JSON.parse(w.stdout) as {sent: number, dropped: Record<string, number>, sentSeqs: Array<[number, number]>});
       const sent = reports.reduce((n, rep) => n + rep.sent, 0);
-      const dropped = reports.reduce((n, rep) => n + Object.values(rep.dropped).reduce((a, b) => a + b, 0), 0);
-      assert.equal(sent + dropped, 50 * 500);
+      // A writer drops a line only while the pipe is full (50 writers in bursts against one
+      // reader); one that drops most, or claims lines it never wrote, is broken.
+      assert.ok(sent >= (50 * 500) / 2, `at least half the lines sent: ${sent}`);
+      for (const report of reports)
+        assert.deepEqual(Object.keys(report.dropped).filter(reason => reason !== 'pipe-full'), [], 'dropped only for a full pipe');
       await waitFor('every delivered line', () => r.messages.length >= sent);
       assert.equal(r.messages.length, sent);
       assert.deepEqual(r.rejected, []);
       for (const [i, report] of reports.entries()) {
         const seqs = r.messages.filter(m => m.kind === 'heartbeat' && m.name === `writer-${i}`).map(m => (m as Heartbeat).seq);
-        assert.equal(seqs.length, report.sent);
-        assert.ok(seqs.every((s, k) => k === 0 || s > seqs[k - 1]!), 'in order per writer');
+        const written = report.sentSeqs.flatMap(([first, last]) => Array.from({length: last - first + 1}, (_, k) => first + k));
+        assert.deepEqual(seqs, written, `writer-${i}: the reader got exactly the lines written, in order`);
       }
-      r.close();
     } finally {
       await cleanup();
     }

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import {spawnSync} from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import {describe, it} from 'node:test';
+import {dir as tmpDir} from 'tmp-promise';
 
-import {PROBE_SCRIPT} from '../../src/probe/script';
 import {failureReason, openFlags, parseProbeOutput, probeArgv} from '../../src/probe';
 
 describe('probe argv', () => {
@@ -12,7 +14,8 @@ describe('probe argv', () => {
   it('runs perl with the script and every value as its own argument (no shell)', () => {
     const argv = probeArgv(target, '0', 'direct', 'ebsmon probe name=mysql pid=1 seq=2');
     assert.deepEqual(argv.slice(0, 2), ['perl', '-e']);
-    assert.equal(argv[2], PROBE_SCRIPT);
+    // The script reads its arguments in the order they follow it.
+    assert.ok(argv[2]!.startsWith('\nmy ($dir, $name, $dev, $dino, $fino, $head, $flags, $create, $ENOENT, $EEXIST) = @ARGV;\n'), argv[2]!.slice(0, 200));
     assert.deepEqual(argv.slice(3), ['/var/lib/my sql', '.ebsmon-probe-mysql', '66305', '12', '0', 'ebsmon probe name=mysql pid=1 seq=2',
       String(openFlags('direct')), String(fs.constants.O_CREAT | fs.constants.O_EXCL), String(os.constants.errno.ENOENT), String(os.constants.errno.EEXIST)]);
   });
@@ -21,6 +24,28 @@ describe('probe argv', () => {
     const argv = probeArgv(target, '7', 'dsync', 'head', '/dev/shm/ebsmon-report-mysql.1.x/probe.pl');
     assert.deepEqual(argv.slice(0, 3), ['perl', '/dev/shm/ebsmon-report-mysql.1.x/probe.pl', '/var/lib/my sql']);
     assert.equal(argv.length, probeArgv(target, '7', 'dsync', 'head').length - 1);
+  });
+
+  it('is a probe perl runs: it creates the file, writes one 4 KiB block and reads it back, then reuses the file', async () => {
+    const {path: dir, cleanup} = await tmpDir({unsafeCleanup: true});
+    try {
+      const {dev, ino} = fs.statSync(dir, {bigint: true});
+      const target = {dir, name: 'unit', dev, ino};
+      const run = (fileInode: string) => {
+        const argv = probeArgv(target, fileInode, 'dsync', 'ebsmon probe seq=1');
+        const result = spawnSync(argv[0]!, argv.slice(1), {encoding: 'utf8', timeout: 10_000});
+        assert.equal(result.stderr, '');
+        return result.stdout;
+      };
+      const first = run('0');
+      const file = path.join(dir, '.ebsmon-probe-unit');
+      const inode = String(fs.statSync(file).ino);
+      assert.equal(first, `created ${inode}\nok\n`);
+      assert.equal(fs.readFileSync(file, 'utf8'), `ebsmon probe seq=1${'.'.repeat(4095 - 'ebsmon probe seq=1'.length)}\n`);
+      assert.equal(run(inode), 'ok\n', 'its own file, found by inode: nothing created');
+    } finally {
+      await cleanup();
+    }
   });
 
   it('opens without following links or blocking on a FIFO; O_DIRECT only for the direct method', () => {
