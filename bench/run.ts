@@ -6,18 +6,21 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {LineDecoder, encodeMessage} from '../src/heartbeat';
-import {DeviceWatch, Prober, deviceNode, pinPath, probeArgv, readMountTable} from '../src/probe';
+import {readMountTable} from '../src/mounts';
+import {DeviceWatch, Prober, deviceNode, pinPath} from '../src/probe';
+import {PROBE_SCRIPT} from '../src/probe/script';
+import {SpawnHelper} from '../src/spawn';
 import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
 import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
-import {LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/helpers/rig';
+import {EBSMON, LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/helpers/rig';
 
 import {freezeThawCycles} from './cycles';
-import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency, treeTicks} from './deadlines';
+import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
 import {recordCycle} from './picture';
 import {soak, soakOptions} from './soak';
 import {standaloneFigures} from './standalone';
-import {cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
+import {CpuGroup, cpuNs, cpuTicks, fmt, line, privateKb, results, rssKb, stat} from './stats';
 
 const heartbeat = (name: string, port: number) => encodeMessage({v: 1, kind: 'heartbeat', name, pid: 1000, ports: [port], interval: 1, probeTimeout: 0.3, seq: 1, sentAt: Date.now(), probeMs: 1});
 
@@ -65,23 +68,39 @@ async function decodeThroughput(dir: string): Promise<void> {
   }
 }
 
-async function probeCost(volume: LoopVolume): Promise<void> {
+/** The resident prober through a spawn helper, as the reporter runs it: wall time per request, and its CPU per request. */
+async function probeCost(volume: LoopVolume, dir: string): Promise<void> {
   fs.mkdirSync(path.join(volume.mountpoint, 'bench'), {recursive: true});
   const pin = pinPath(path.join(volume.mountpoint, 'bench'), readMountTable());
-  const prober = new Prober({dir: pin.dir, name: 'bench', dev: pin.dev, ino: pin.ino}, 'direct', 3000);
-  const times: Array<number> = [];
-  for (let i = 0; i < 200; i++) {
-    const outcome = await prober.probe(i);
-    if (outcome.ok)
-      times.push(outcome.ms);
+  const helper = SpawnHelper.start(path.join(dir, 'probe-spawn'));
+  const script = path.join(dir, 'probe.pl');
+  fs.writeFileSync(script, PROBE_SCRIPT);
+  const prober = new Prober({dir: pin.dir, name: 'bench', dev: pin.dev, ino: pin.ino}, 3000, argv => helper.stream(argv), script);
+  prober.start(() => {});
+  try {
+    const times: Array<number> = [];
+    for (let i = 0; i < 200; i++) {
+      const outcome = await prober.probe(i, 'direct');
+      if (outcome.ok)
+        times.push(outcome.ms);
+    }
+    const s = stat(times);
+    line('probe wall time (resident prober: O_DIRECT write + read, loop ext4)', fmt(s, 'ms', 2));
+    results.probeMs = s;
+    const cpu0 = cpuNs(prober.pid!);
+    for (let i = 0; i < 1000; i++)
+      await prober.probe(i, 'direct');
+    const perProbeUs = (cpuNs(prober.pid!) - cpu0) / 1000 / 1000;
+    line('  the prober\'s CPU per request (1000 in a row)', `${perProbeUs.toFixed(0)} µs`);
+    results.proberCpuUsPerProbe = perProbeUs;
+  } finally {
+    prober.abandon();
+    helper.close();
   }
-  const s = stat(times);
-  line('probe wall time (O_DIRECT write + read, loop ext4)', fmt(s, 'ms', 2));
-  results.probeMs = s;
 }
 
-/** A reporter heartbeating into a FIFO the bench reads: its memory over time and its CPU, probe children included. */
-async function reporterRun(monitors: Array<string>, dir: string, interval: number, seconds: number, sample: (pid: number) => void = () => {}, extra: Array<string> = []): Promise<{beats: number, ownTicks: number, allTicks: number}> {
+/** A reporter heartbeating into a FIFO the bench reads: its memory over time, its own CPU, and the CPU of all it starts (a cgroup of its own). */
+async function reporterRun(monitors: Array<string>, dir: string, interval: number, seconds: number, sample: (pid: number) => void = () => {}, extra: Array<string> = []): Promise<{beats: number, ownTicks: number, treeMs: number}> {
   const fifo = path.join(dir, `rep-${interval}-${monitors.length}.fifo`);
   ensureFifo(fifo);
   let beats = 0;
@@ -91,20 +110,22 @@ async function reporterRun(monitors: Array<string>, dir: string, interval: numbe
   const reader = openFifoReader(fifo, chunk => decoder.push(chunk));
   for (const monitor of monitors)
     fs.mkdirSync(monitor, {recursive: true});
-  const proc = ebsmon(['report', ...monitors.map(m => `--monitor=${m}`), '--ports=80', `--fifo=${fifo}`, `--interval=${interval}`, ...extra]);
+  const group = CpuGroup.create(`ebsmon-bench-${process.pid}-${Date.now()}`);
+  const proc = ebsmon(['report', ...monitors.map(m => `--monitor=${m}`), '--ports=80', `--fifo=${fifo}`, `--interval=${interval}`, ...extra], {bin: [...group.prefix, EBSMON]});
   await waitFor('heartbeats', () => beats > 2);
   const beats0 = beats;
   const own0 = cpuTicks(proc.pid);
-  // The probe children are the spawn helper's (a child of the reporter that lives as long as it): the whole tree counts.
-  const all0 = treeTicks(proc.pid);
+  const tree0 = group.ms();
   const until = Date.now() + seconds * 1000;
   while (Date.now() < until) {
     sample(proc.pid);
     await new Promise(resolve => setTimeout(resolve, 1000));
   }
-  const result = {beats: beats - beats0, ownTicks: cpuTicks(proc.pid) - own0, allTicks: treeTicks(proc.pid) - all0};
+  const result = {beats: beats - beats0, ownTicks: cpuTicks(proc.pid) - own0, treeMs: group.ms() - tree0};
   await proc.stop();
   reader.close();
+  await waitFor('its prober gone', () => group.pids().length === 0, 10_000);
+  group.remove();
   return result;
 }
 
@@ -127,14 +148,14 @@ async function reporterFootprint(volume: LoopVolume, dir: string, seconds: numbe
   const idlePrivate = privateKb(idle.pid) / 1024;
   await idle.stop();
   line('  for scale: node with an empty event loop', `RSS ${idleRss.toFixed(1)} MB (private ${idlePrivate.toFixed(1)} MB)`);
-  const perProbeMs = fast.allTicks * 10 / fast.beats;
-  line('reporter CPU per probe (reporter + probe children)', `${perProbeMs.toFixed(2)} ms (${fast.beats} probes at --interval=0.1)`);
-  line('reporter CPU at --interval=0.1', `${(fast.ownTicks / seconds).toFixed(2)} % of a core own, ${(fast.allTicks / seconds).toFixed(2)} % with probe children`);
+  const perProbeMs = fast.treeMs / fast.beats;
+  line('reporter CPU per probe (reporter + helper + prober)', `${perProbeMs.toFixed(2)} ms (${fast.beats} probes at --interval=0.1)`);
+  line('reporter CPU at --interval=0.1', `${(fast.ownTicks / seconds).toFixed(2)} % of a core own, ${(fast.treeMs / 10 / seconds).toFixed(2)} % with its helper and prober`);
   const slow = await reporterRun(bench, dir, 1, 60);
-  line('reporter CPU at the default --interval=1, 60 s', `${(slow.ownTicks / 60).toFixed(2)} % of a core own, ${(slow.allTicks / 60).toFixed(2)} % with probe children`);
+  line('reporter CPU at the default --interval=1, 60 s', `${(slow.ownTicks / 60).toFixed(2)} % of a core own, ${(slow.treeMs / 10 / 60).toFixed(2)} % with its helper and prober`);
   results.reporter = {seconds, rssFirstMb: rss[0], rssLastMb: rss.at(-1), rssMaxMb: Math.max(...rss), rssGrowthLastMinuteMb: growth, privateMaxMb: Math.max(...own),
-    cpuMsPerProbe: perProbeMs, cpuPercentAt10Hz: fast.ownTicks / seconds, cpuPercentAt10HzWithDd: fast.allTicks / seconds,
-    cpuPercentAt1Hz: slow.ownTicks / 60, cpuPercentAt1HzWithDd: slow.allTicks / 60, idleNodeRssMb: idleRss, idleNodePrivateMb: idlePrivate};
+    cpuMsPerProbe: perProbeMs, cpuPercentAt10Hz: fast.ownTicks / seconds, cpuPercentAt10HzTree: fast.treeMs / 10 / seconds,
+    cpuPercentAt1Hz: slow.ownTicks / 60, cpuPercentAt1HzTree: slow.treeMs / 10 / 60, idleNodeRssMb: idleRss, idleNodePrivateMb: idlePrivate};
 }
 
 /** CPU (user + system) of `runs` children started one after another, per child, in ms: from this process's reaped-children times. */
@@ -146,10 +167,11 @@ function childCpuMs(runs: number, once: () => void): number {
 }
 
 /**
- * Issue 15: one probe child (perl: open no-follow, fstat checks, O_DIRECT
- * write and read-back) against the two dd runs it replaces, and the reporter
- * with 1, 2 and 4 watched paths (each on a volume of its own) at
- * --interval=0.1: CPU per probe and per interval, reporter and children.
+ * What one probe costs the process tree: a request to the resident prober
+ * (its checks, O_DIRECT write and read-back), against what each probe started
+ * before: a perl (start-up alone) or the two dd runs before that. Then the
+ * reporter with 1, 2 and 4 watched paths (each on a volume of its own) at
+ * --interval=0.1: CPU per interval and per probe, everything it starts included.
  */
 async function pathsCost(dir: string, teardown: Teardown): Promise<void> {
   const volumes = [1, 2, 3, 4].map(i => LoopVolume.create(dir, teardown, 32, {name: `paths${i}`}));
@@ -157,28 +179,21 @@ async function pathsCost(dir: string, teardown: Teardown): Promise<void> {
   for (const monitor of monitors)
     fs.mkdirSync(monitor, {recursive: true});
 
-  const pin = pinPath(monitors[0]!, readMountTable());
-  const target = {dir: pin.dir, name: 'cost', dev: pin.dev, ino: pin.ino};
-  const perl = (inode: string) => {
-    const [file, ...args] = probeArgv(target, inode, 'direct', 'ebsmon probe bench');
-    return spawnSync(file!, args, {encoding: 'utf8', env: {PATH: process.env.PATH, LC_ALL: 'C'}});
-  };
-  const inode = /created (\d+)/.exec(perl('0').stdout)?.[1] ?? '0';
   const ddFile = path.join(monitors[0]!, 'dd-probe');
   const block = Buffer.alloc(4096, 0x2e);
   const perlRuns: Array<number> = [];
   const ddRuns: Array<number> = [];
   for (let run = 0; run < 5; run++) {
-    perlRuns.push(childCpuMs(100, () => perl(inode)));
+    perlRuns.push(childCpuMs(100, () => spawnSync('perl', ['-e', '1'], {env: {PATH: process.env.PATH, LC_ALL: 'C'}})));
     ddRuns.push(childCpuMs(100, () => {
       spawnSync('dd', [`of=${ddFile}`, 'bs=4096', 'count=1', 'iflag=fullblock', 'oflag=direct,dsync', 'conv=notrunc', 'status=none'], {input: block});
       spawnSync('dd', [`if=${ddFile}`, 'bs=4096', 'count=1', 'iflag=direct', 'status=none'], {encoding: 'buffer'});
     }));
   }
   const [perlStat, ddStat] = [stat(perlRuns), stat(ddRuns)];
-  line('probe child CPU: perl (checks + write + read)', fmt(perlStat, 'ms', 2));
-  line('  for comparison: dd write + dd read (before)', fmt(ddStat, 'ms', 2));
-  results.probeChildCpuMs = {perl: perlStat, dd: ddStat};
+  line('a perl started (what each probe cost before it was resident)', fmt(perlStat, 'ms', 2));
+  line('  the two dd runs before that (write, read back)', fmt(ddStat, 'ms', 2));
+  results.probeChildCpuMs = {perlStart: perlStat, dd: ddStat};
 
   const seconds = Number(process.env.BENCH_PATHS_SECONDS ?? 10);
   for (const n of [1, 2, 4]) {
@@ -188,13 +203,13 @@ async function pathsCost(dir: string, teardown: Teardown): Promise<void> {
     for (let run = 0; run < 5; run++) {
       const r = await reporterRun(monitors.slice(0, n), dir, 0.1, seconds);
       // Every heartbeat needs one fresh probe of every path.
-      perInterval.push(r.allTicks * 10 / r.beats);
-      perProbe.push(r.allTicks * 10 / (r.beats * n));
+      perInterval.push(r.treeMs / r.beats);
+      perProbe.push(r.treeMs / (r.beats * n));
       ownPerInterval.push(r.ownTicks * 10 / r.beats);
     }
     const [i, p, o] = [stat(perInterval), stat(perProbe), stat(ownPerInterval)];
     line(`reporter with ${n} path(s): CPU per interval`, `${fmt(i, 'ms', 2)}; reporter alone ${o.median.toFixed(2)} ms`);
-    line(`  CPU per probe (reporter + child)`, fmt(p, 'ms', 2));
+    line(`  CPU per probe (reporter + prober)`, fmt(p, 'ms', 2));
     line(`  at the default --interval=1`, `${(i.median / 10).toFixed(2)} % of a core`);
     results[`reporterPaths${n}`] = {seconds, interval: 0.1, cpuMsPerInterval: i, cpuMsPerProbe: p, reporterOwnCpuMsPerInterval: o};
   }
@@ -229,7 +244,7 @@ async function verdictsCost(volume: LoopVolume, dir: string): Promise<void> {
     const runs: Array<number> = [];
     for (let run = 0; run < 5; run++) {
       const r = await reporterRun(watched, dir, 0.1, seconds, () => {}, extra);
-      runs.push(r.allTicks * 10 / r.beats);
+      runs.push(r.treeMs / r.beats);
     }
     return stat(runs);
   };
@@ -305,7 +320,7 @@ async function main(): Promise<void> {
     const volume = LoopVolume.create(dir, teardown);
     const steps: Array<[string, () => Promise<void>]> = [
       ['decode', () => decodeThroughput(dir)],
-      ['probe', () => probeCost(volume)],
+      ['probe', () => probeCost(volume, dir)],
       ['paths', () => pathsCost(dir, teardown)],
       ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 600))],
       ['fencing', () => fencing(dir, teardown)],

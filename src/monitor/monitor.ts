@@ -10,7 +10,7 @@ import type {Message} from '../heartbeat';
 import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
 import type {FirewallChoice} from '../options';
-import {mountOf, readMountTable} from '../probe';
+import {mountOf, readMountTable} from '../mounts';
 import {SpawnHelper} from '../spawn';
 import {FencedFiles, METRICS_FILE, SNAPSHOT_VERSION, copyAtomicAsync, emptyRejections, readSnapshot, renderMetricsTo, writeAtomicChunks, writeSnapshot} from '../state';
 import type {Snapshot} from '../state';

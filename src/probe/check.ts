@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import type {Running} from '../spawn';
+import type {ProcessStarter} from '../spawn';
 import {OneAtATime} from './flight';
 
 /** How much of a check's output goes into the failure reason. */
@@ -110,9 +110,6 @@ export type CheckOutcome =
   /** status: what happened, without the output (which may differ each run): "exit 1", "timeout", "SIGSEGV", "spawn" */
   | {ok: false, ms: number, reason: string, code: string, status: string};
 
-/** Starts a process with a deadline (the reporter's spawn helper); `env` is added to the runner's own. */
-export type Runner = (argv: ReadonlyArray<string>, options: {timeoutMs: number, maxOutputBytes?: number, env?: Record<string, string>}) => Running;
-
 /** Output for a reason: both streams, whitespace folded, at most CHECK_OUTPUT_MAX bytes of UTF-8. */
 export function foldOutput(stdout: string, stderr: string, max = CHECK_OUTPUT_MAX): string {
   const text = [stdout, stderr].map(s => s.replace(/\s+/g, ' ').trim()).filter(Boolean).join(' / ');
@@ -132,7 +129,8 @@ export class Checker {
   private readonly flight = new OneAtATime();
   runs = 0;
 
-  constructor(readonly spec: CheckSpec, readonly timeoutMs: number, private readonly runner: Runner, private readonly env: Record<string, string>) {
+  /** `startProcess`: the reporter's spawn helper's `run`; `env` is added to the helper's environment. */
+  constructor(readonly spec: CheckSpec, readonly timeoutMs: number, private readonly startProcess: ProcessStarter, private readonly env: Record<string, string> = {}) {
   }
 
   /** True while a run (possibly killed at its deadline and not yet gone) still exists. */
@@ -144,10 +142,15 @@ export class Checker {
     return this.flight.busyPid;
   }
 
+  /** Settles once the run in flight (if any) is gone: it may outlive its result (killed at the deadline, stuck in the kernel). */
+  gone(): Promise<void> {
+    return this.flight.gone();
+  }
+
   async run(): Promise<CheckOutcome> {
     this.runs += 1;
     // One byte more than a reason keeps: then foldOutput knows there was more, and says so.
-    const {result, ms} = await this.flight.run(() => this.runner(this.spec.argv, {timeoutMs: this.timeoutMs, maxOutputBytes: CHECK_OUTPUT_MAX + 1, env: this.env}));
+    const {result, ms} = await this.flight.run(() => this.startProcess(this.spec.argv, {timeoutMs: this.timeoutMs, maxOutputBytes: CHECK_OUTPUT_MAX + 1, env: this.env}));
     const what = `check \`${this.spec.text}\``;
     if (result.timedOut)
       return {ok: false, ms, code: 'ETIMEDOUT', status: 'timeout', reason: `${what} timed out after ${(this.timeoutMs / 1000).toFixed(1)} s (killed with its process group)`};

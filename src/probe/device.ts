@@ -3,8 +3,8 @@ import path from 'node:path';
 
 import {DEVICE_NAME_MAX} from '../heartbeat/schema';
 import type {DeviceStats} from '../heartbeat/schema';
-import {deviceNumbers} from './mounts';
-import type {MountEntry} from './mounts';
+import {deviceNumbers} from '../mounts';
+import type {MountEntry} from '../mounts';
 
 /**
  * A block device's own counters, from sysfs: `stat` (Documentation/block/stat.rst)
@@ -170,7 +170,10 @@ export class DeviceWatch {
   sample(now = performance.now()): DeviceSample | null {
     let counters: DeviceCounters | null;
     try {
-      counters = parseStat(this.readFd(this.statFd), this.inflightFd === null ? '' : this.readFd(this.inflightFd));
+      const stat = this.readFd(this.statFd);
+      // `inflight` splits stat's in_flight (field 9) into reads and writes: with none in flight there is nothing to split.
+      const idle = /^\s*(?:\d+\s+){8}0\s/.test(stat);
+      counters = parseStat(stat, this.inflightFd === null || idle ? '' : this.readFd(this.inflightFd));
     } catch {
       counters = null;
     }
@@ -181,6 +184,11 @@ export class DeviceWatch {
       this.progressAt = now;
     this.last = sample;
     return sample;
+  }
+
+  /** The latest sample taken (every tick takes one), or null before the first. */
+  current(): DeviceSample | null {
+    return this.last;
   }
 
   /** Since when no I/O has completed, as far as the samples show (a lower bound: they are an interval apart). */
@@ -242,7 +250,7 @@ export function statsOf(node: {device: string, name: string}, from: DeviceSample
   return stats;
 }
 
-/** What a device did between two samples: the facts a verdict is made of. */
+/** What a device did between two samples: the facts a diagnosis is made of. */
 export type Window = {
   name: string;
   ms: number;
@@ -275,7 +283,7 @@ export function windowOf(name: string, from: DeviceSample, to: DeviceSample, pro
   };
 }
 
-export type Verdict = 'stuck' | 'idle' | 'writes-held' | 'busy' | 'answering' | 'errors';
+export type Diagnosis = 'stuck' | 'idle' | 'writes-held' | 'busy' | 'answering' | 'errors';
 
 /** A device this busy, or this slow per I/O, is queueing: saturated. */
 const SATURATED_PERCENT = 80;
@@ -300,20 +308,20 @@ const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
  *  - answering: I/Os complete quickly: the probe is held up above the device.
  * After an I/O error the device did answer, with an error: only the facts.
  */
-export function verdict(w: Window, failure: 'timeout' | 'error'): {verdict: Verdict, text: string} {
+export function diagnose(w: Window, failure: 'timeout' | 'error'): {diagnosis: Diagnosis, text: string} {
   if (failure === 'error')
-    return {verdict: 'errors', text: `${w.name} answered with an error: ${plural(w.inflight, 'request')} in flight, ${w.done} completed in the last ${seconds(w.ms)}`};
+    return {diagnosis: 'errors', text: `${w.name} answered with an error: ${plural(w.inflight, 'request')} in flight, ${w.done} completed in the last ${seconds(w.ms)}`};
   const quiet = w.done === 0 || w.quietMs >= w.ms / 2;
   if (quiet && w.inflight > 0)
-    return {verdict: 'stuck', text: `${w.name}: ${plural(w.inflight, 'request')} in flight, none completed for ${seconds(w.quietMs)}`};
+    return {diagnosis: 'stuck', text: `${w.name}: ${plural(w.inflight, 'request')} in flight, none completed for ${seconds(w.quietMs)}`};
   if (quiet)
-    return {verdict: 'idle', text: `${w.name} idle: no requests in flight, none completed for ${seconds(w.quietMs)}: the filesystem is blocking writes above the device (frozen?)`};
+    return {diagnosis: 'idle', text: `${w.name} idle: no requests in flight, none completed for ${seconds(w.quietMs)}: the filesystem is blocking writes above the device (frozen?)`};
   const facts = `${plural(w.done, 'I/O')} completed in the last ${seconds(w.ms)}, await ${duration(w.awaitMs ?? 0)}, ${w.busyPercent}% utilised`;
   if (w.busyPercent >= SATURATED_PERCENT || (w.awaitMs ?? 0) >= SATURATED_AWAIT_MS)
-    return {verdict: 'busy', text: `${w.name} busy: ${facts} (saturated, not hung)`};
+    return {diagnosis: 'busy', text: `${w.name} busy: ${facts} (saturated, not hung)`};
   if (w.doneWrites === 0 && w.inflightWrites === 0)
-    return {verdict: 'writes-held', text: `${w.name} answers reads (${facts}) but no write reached it: the filesystem is blocking writes above the device (frozen?)`};
-  return {verdict: 'answering', text: `${w.name} answers: ${facts}; the probe is held up above the device`};
+    return {diagnosis: 'writes-held', text: `${w.name} answers reads (${facts}) but no write reached it: the filesystem is blocking writes above the device (frozen?)`};
+  return {diagnosis: 'answering', text: `${w.name} answers: ${facts}; the probe is held up above the device`};
 }
 
 function round(n: number): number {

@@ -1,7 +1,7 @@
 import type {RunResult, Running} from '../spawn';
 
 /**
- * One child at a time, never stacked: busy until the process has really
+ * One --check run at a time, never stacked: busy until the process has really
  * exited and been reaped. One killed at its deadline but stuck in the kernel
  * (D state ignores even SIGKILL) keeps it busy for as long as it is stuck.
  */
@@ -14,6 +14,11 @@ export class OneAtATime {
 
   get busyPid(): number | undefined {
     return this.current?.pid;
+  }
+
+  /** Settles once the child in flight (if any) has exited and been reaped. */
+  gone(): Promise<void> {
+    return this.current?.exited ?? Promise.resolve();
   }
 
   /** Its result at exit or at the deadline, and the milliseconds until then. */

@@ -1,5 +1,4 @@
-export * from './probe';
-export * from './mounts';
+export * from './prober';
 export * from './pin';
 export * from './device';
 export * from './check';

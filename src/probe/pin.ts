@@ -2,10 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {StartupError, errnoCode} from '../errors';
-import {deviceNumbers, describeMount, missingFstabMount, mountOf, parseFstab, parseMountinfo} from './mounts';
-import type {MountEntry} from './mounts';
-
-export const MOUNTINFO = '/proc/self/mountinfo';
+import {MOUNTINFO, deviceNumbers, describeMount, missingFstabMount, mountOf, parseFstab} from '../mounts';
+import type {MountEntry} from '../mounts';
 const FSTAB = '/etc/fstab';
 
 /** A watched directory as found at start-up; after that only the mount table is read, never the path. */
@@ -25,14 +23,6 @@ export type PathPin = {
   /** why this path is not on a volume of its own; with --require-mount these stop the start */
   unmounted: Array<string>;
 };
-
-/**
- * The mount table, from procfs: the kernel's own list, read without touching
- * any disk, so a hung volume cannot stall the read.
- */
-export function readMountTable(file = MOUNTINFO): Array<MountEntry> {
-  return parseMountinfo(fs.readFileSync(file, 'utf8'));
-}
 
 function readFstab(): ReturnType<typeof parseFstab> {
   try {

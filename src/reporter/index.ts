@@ -1,2 +1,6 @@
 export * from './reporter';
-export * from './verdict';
+export * from './findings';
+export * from './lifecycle';
+export * from './messages';
+export * from './startup';
+export * from './ticker';

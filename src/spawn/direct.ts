@@ -17,9 +17,12 @@ export type RunResult = {
   spawnError?: string;
 };
 
+/** How a one-shot process is started, directly (start) or through a spawn helper (SpawnHelper.run). */
 export type RunOptions = {
-  timeoutMs?: number;
+  /** Killed (by process group, through a helper) and reported as timed out after this long. */
+  timeoutMs: number;
   input?: string | Buffer;
+  /** Added to the starter's own environment (this process's, or the helper's). */
   env?: NodeJS.ProcessEnv;
   /** Largest stdout/stderr kept, so a chatty tool cannot grow the heap. */
   maxOutputBytes?: number;
@@ -33,9 +36,12 @@ export type Running = {
   exited: Promise<void>;
 };
 
+/** Starts a one-shot process: `start` below, or a spawn helper's `run`. */
+export type ProcessStarter = (argv: ReadonlyArray<string>, options: RunOptions) => Running;
+
 const DEFAULT_MAX_OUTPUT = 1 << 20;
 
-export function start(argv: ReadonlyArray<string>, options: RunOptions = {}): Running {
+export function start(argv: ReadonlyArray<string>, options: RunOptions): Running {
   const [file, ...args] = argv;
   if (file === undefined)
     throw new Error('start() needs a program');
@@ -43,7 +49,7 @@ export function start(argv: ReadonlyArray<string>, options: RunOptions = {}): Ru
 
   const child = spawn(file, args, {
     stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    env: options.env ?? process.env,
+    env: options.env === undefined ? process.env : {...process.env, ...options.env},
   });
 
   const out: Array<Buffer> = [];
@@ -93,15 +99,13 @@ export function start(argv: ReadonlyArray<string>, options: RunOptions = {}): Ru
       resolveExited();
     });
 
-    if (options.timeoutMs !== undefined) {
-      timer = setTimeout(() => {
-        // A process in D state ignores even SIGKILL until its I/O ends: send it
-        // anyway, then stop waiting and stop holding the event loop open for it.
-        child.kill('SIGKILL');
-        abandon(child);
-        settle({code: null, signal: null, timedOut: true});
-      }, options.timeoutMs);
-    }
+    timer = setTimeout(() => {
+      // A process in D state ignores even SIGKILL until its I/O ends: send it
+      // anyway, then stop waiting and stop holding the event loop open for it.
+      child.kill('SIGKILL');
+      abandon(child);
+      settle({code: null, signal: null, timedOut: true});
+    }, options.timeoutMs);
   });
 
   return {pid: child.pid, result, exited};
@@ -114,7 +118,7 @@ function abandon(child: ReturnType<typeof spawn>): void {
   child.unref();
 }
 
-export function run(argv: ReadonlyArray<string>, options: RunOptions = {}): Promise<RunResult> {
+export function run(argv: ReadonlyArray<string>, options: RunOptions): Promise<RunResult> {
   return start(argv, options).result;
 }
 

@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
-import type {Running, RunResult} from './direct';
+import type {RunOptions, Running, RunResult} from './direct';
 
 /**
  * A long-lived bash that starts processes for the monitor after start-up.
@@ -33,6 +33,9 @@ import type {Running, RunResult} from './direct';
 const SCRIPT = [
   'set -u',
   'dir=$1',
+  // Its own tools found once, now: every child is a fork of this shell and inherits the table, so a
+  // disk early in PATH that hangs later (it holds a program a child runs) cannot stall the lookup of mkfifo or setsid.
+  'hash mkfifo setsid 2>/dev/null',
   // The monitor closed our stdin (it stopped or died): take every child with us.
   'trap "kill -TERM 0 2>/dev/null" EXIT',
   'while IFS= read -r -d "" op && IFS= read -r -d "" id && IFS= read -r -d "" n; do',
@@ -64,14 +67,6 @@ const SCRIPT = [
   'done',
 ].join('\n');
 
-export type HelperRunOptions = {
-  /** Added to the monitor's own environment. */
-  env?: Record<string, string>;
-  input?: string | Buffer;
-  timeoutMs: number;
-  maxOutputBytes?: number;
-};
-
 /** A long-lived child whose stdin and (stdout+stderr) are FIFOs on tmpfs. */
 export type StreamChild = {
   readonly id: number;
@@ -92,6 +87,7 @@ type Waiter = {
 };
 
 const DEFAULT_MAX_OUTPUT = 1 << 20;
+const STREAM_READ_BYTES = 64 * 1024;
 const SIGNALS = os.constants.signals as Record<string, number>;
 
 function signalName(code: number): NodeJS.Signals | null {
@@ -226,10 +222,10 @@ export class SpawnHelper {
     return this.child !== null;
   }
 
-  private send(kind: 'run' | 'stream' | 'resident', id: number, argv: ReadonlyArray<string>, env: Record<string, string>): boolean {
+  private send(kind: 'run' | 'stream' | 'resident', id: number, argv: ReadonlyArray<string>, env: NodeJS.ProcessEnv): boolean {
     if (!this.ensure())
       return false;
-    const entries = Object.entries(env).map(([key, value]) => `${key}=${value}`);
+    const entries = Object.entries(env).flatMap(([key, value]) => (value === undefined ? [] : [`${key}=${value}`]));
     const fields = [kind, String(id), String(entries.length), ...entries, String(argv.length), ...argv];
     if (fields.some(field => field.includes('\0')))
       throw new Error('a NUL byte cannot be passed to a process');
@@ -242,7 +238,7 @@ export class SpawnHelper {
   }
 
   /** A one-shot process: the same result shape as spawn's start(), never blocking the loop. */
-  run(argv: ReadonlyArray<string>, options: HelperRunOptions): Running {
+  run(argv: ReadonlyArray<string>, options: RunOptions): Running {
     const id = this.nextId++;
     const max = options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
     let pid: number | undefined;
@@ -310,10 +306,10 @@ export class SpawnHelper {
   }
 
   /**
-   * A long-lived child (nft -i, nft monitor) wired to FIFOs this process reads and writes without blocking.
+   * A long-lived child (nft -i, nft monitor, a prober, the socket cutter) wired to FIFOs this process reads and writes without blocking.
    * `outlivesHelper`: when the helper goes (the monitor stopped or died), this child is left running; it sees EOF on its stdin.
    */
-  stream(argv: ReadonlyArray<string>, options: {env?: Record<string, string>, outlivesHelper?: boolean} = {}): StreamChild {
+  stream(argv: ReadonlyArray<string>, options: Pick<RunOptions, 'env'> & {outlivesHelper?: boolean} = {}): StreamChild {
     const id = this.nextId++;
     let pid: number | undefined;
     let input: net.Socket | null = null;
@@ -351,13 +347,18 @@ export class SpawnHelper {
           // O_RDWR: never blocks on open, and never sees EOF or EPIPE when the child goes (fifo(7)).
           const flags = fs.constants.O_RDWR | fs.constants.O_NONBLOCK;
           input = new net.Socket({fd: fs.openSync(this.path(id, 'in'), flags), readable: false, writable: true});
-          output = new net.Socket({fd: fs.openSync(this.path(id, 'out'), flags), readable: true, writable: false});
-          input.on('error', () => {});
-          output.on('error', () => {});
-          output.on('data', (chunk: Buffer) => {
+          // onread (net.Socket's option since Node 12.1; @types/node 20 lists it for connect() only): each
+          // read lands in one buffer handed to the listeners, past the Readable machinery, as a resident
+          // prober answers every interval.
+          const onread = {buffer: Buffer.alloc(STREAM_READ_BYTES), callback: (bytes: number, buffer: Uint8Array) => {
+            const chunk = Buffer.from(buffer.subarray(0, bytes));
             for (const listener of listeners)
               listener(chunk);
-          });
+            return true;
+          }};
+          output = new net.Socket({fd: fs.openSync(this.path(id, 'out'), flags), readable: true, writable: false, onread} as net.SocketConstructorOpts);
+          input.on('error', () => {});
+          output.on('error', () => {});
           opened = true;
           maybeReady();
         } catch (error) {

@@ -11,7 +11,7 @@ import {HungDisk} from '../helpers/hang';
 import {logged} from '../helpers/listen';
 import {promtoolProblems, sampleOf} from '../helpers/metrics';
 import {HELPER, Proc, ebsmon, reporterIn, scrubbedEnv, tcpTry} from '../helpers/proc';
-import {LoopVolume, createNetRig, descendants, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
+import {LoopVolume, alive, createNetRig, descendants, isRoot, requireRoot, sh, waitFor} from '../helpers/rig';
 import type {NetRig} from '../helpers/rig';
 import {useScratch} from '../helpers/suite';
 
@@ -94,6 +94,28 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     return {vol, data};
   };
   const deviceName = (device: string) => path.basename(device);
+  /** A process with its working directory, or a descriptor, under `dir`. */
+  const holdsOn = (pid: number, dir: string) => {
+    const under = (link: string) => {
+      try {
+        return fs.readlinkSync(link).startsWith(`${dir}/`);
+      } catch {
+        return false;
+      }
+    };
+    try {
+      return under(`/proc/${pid}/cwd`) || fs.readdirSync(`/proc/${pid}/fd`).some(fd => under(`/proc/${pid}/fd/${fd}`));
+    } catch {
+      return false;
+    }
+  };
+  const commOf = (pid: number) => {
+    try {
+      return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      return null;
+    }
+  };
 
   it('fsfreeze (writes hang above the device): "idle ... (frozen?)"', async (t: TestContext) => {
     requireRoot(t);
@@ -153,7 +175,8 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
       // reporter paused, no probe can take the freed block before the filler does (ext4 frees it at its next commit).
       process.kill(reporter.pid, 'SIGSTOP');
       try {
-        await waitFor('no probe in flight', () => !descendants(reporter.pid).some(pid => fs.existsSync(`/proc/${pid}/comm`) && fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'perl'));
+        // The prober is resident: none in flight is one with nothing open, and no working directory, on the volume.
+        await waitFor('no probe in flight', () => !descendants(reporter.pid).some(pid => holdsOn(pid, vol.mountpoint)));
         fs.rmSync(path.join(data, '.ebsmon-probe-fail-full'));
         sh(['sync']);
         fill('fill2');
@@ -206,6 +229,16 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     assert.equal(await tcpTry(rig.cli, rig.srvV4, port), 'ok');
     disk.hang();
     try {
+      // The resident prober's own pages stay in memory: it goes on proving the watched volume, which answers.
+      const beats = record(name)!.heartbeats;
+      await waitFor('heartbeats go on while only the disk holding perl hangs', () => record(name)!.heartbeats >= beats + 3);
+      // A prober that must start now execs perl from that disk: the one running dies (as an OOM kill would), its
+      // pages leave the page cache (as under the pressure that killed it), and its replacement cannot start.
+      const probers = descendants(reporter.pid).filter(child => commOf(child) === 'perl');
+      assert.equal(probers.length, 1, 'one resident prober');
+      process.kill(probers[0]!, 'SIGKILL');
+      await waitFor('the prober gone', () => !alive(probers[0]!));
+      fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
       const fenced = await waitFor(`${name} fenced`, () => {
         const r = record(name);
         return r?.state === 'fenced' ? r : undefined;

@@ -5,7 +5,8 @@ import {after, before, describe, it} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {isDeviceStats} from '../../src/heartbeat';
-import {DeviceWatch, deviceNode, parseMountinfo, parseStat, resolveDevice, statsOf, verdict, windowOf} from '../../src/probe';
+import {parseMountinfo} from '../../src/mounts';
+import {DeviceWatch, deviceNode, diagnose, parseStat, resolveDevice, statsOf, windowOf} from '../../src/probe';
 import type {DeviceSample, Window} from '../../src/probe';
 
 // Documentation/block/stat.rst: reads ios merges sectors ticks, writes ..., in_flight io_ticks time_in_queue, discards ..., flushes ios ticks.
@@ -30,7 +31,7 @@ describe('sysfs block device counters', () => {
 const sample = (at: number, fields: Partial<DeviceSample> = {}): DeviceSample => ({reads: 0, writes: 0, others: 0, ticks: 0, ioTicks: 0, inflightReads: 0, inflightWrites: 0, at, ...fields});
 const win = (fields: Partial<Window>): Window => ({name: 'nvme1n1', ms: 3000, inflight: 0, inflightWrites: 0, done: 0, doneReads: 0, doneWrites: 0, awaitMs: null, busyPercent: 0, quietMs: 4000, ...fields});
 
-describe('what the device was doing: the verdict in words', () => {
+describe('what the device was doing: its diagnosis in words', () => {
   const table: Array<[string, Window, 'timeout' | 'error', string, string]> = [
     ['requests in flight, none completed: stuck', win({inflight: 14, inflightWrites: 14}), 'timeout', 'stuck', 'nvme1n1: 14 requests in flight, none completed for 4.0 s'],
     ['one request in flight', win({inflight: 1, quietMs: 600}), 'timeout', 'stuck', 'nvme1n1: 1 request in flight, none completed for 0.6 s'],
@@ -45,7 +46,7 @@ describe('what the device was doing: the verdict in words', () => {
   ];
   for (const [name, window, failure, expected, text] of table) {
     it(name, () => {
-      assert.deepEqual(verdict(window, failure), {verdict: expected, text});
+      assert.deepEqual(diagnose(window, failure), {diagnosis: expected, text});
     });
   }
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import {describe, it} from 'node:test';
 
-import {checkMount, deviceNumbers, describeMount, missingFstabMount, mountOf, parseFstab, parseMountinfo, unescapeMountField} from '../../src/probe';
+import {checkMount, deviceNumbers, describeMount, missingFstabMount, mountOf, parseFstab, parseMountinfo, unescapeMountField} from '../../src/mounts';
 
 // Shaped like a real /proc/self/mountinfo: optional fields (shared:N, master:N) of varying number before the "-".
 const TABLE = [

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import {describe, it} from 'node:test';
 
 import {PATH_FIELD_MAX, isPathInfo} from '../../src/heartbeat';
-import {parseMountinfo} from '../../src/probe';
+import {parseMountinfo} from '../../src/mounts';
 import type {DeviceSample, PathPin} from '../../src/probe';
 import {composeReason, describeCheck, describeProbe, pathInfo} from '../../src/reporter';
 

@@ -1,5 +1,5 @@
-import {verdict, windowOf} from '../probe';
-import type {CheckOutcome, DeviceSample, ProbeOutcome} from '../probe';
+import {diagnose, windowOf} from '../probe';
+import type {CheckOutcome, DeviceSample, FileEvent, ProbeOutcome} from '../probe';
 
 /** One failing probe or check, in words: `key` changes only when what is wrong changes (not its numbers). */
 export type Finding = {head: string, evidence: string | null, key: string};
@@ -26,8 +26,8 @@ export function describeProbe(path: string, outcome: ProbeOutcome & {ok: false},
   const kind = outcome.code === 'ETIMEDOUT' ? 'timeout' : DEVICE_ERRORS.has(outcome.code) ? 'error' : null;
   if (device === null || kind === null)
     return {head, evidence: null, key: `${head}|${outcome.code}`};
-  const judged = verdict(windowOf(device.name, device.from, device.to, device.progressAt), kind);
-  return {head, evidence: judged.text, key: `${head}|${judged.verdict}`};
+  const judged = diagnose(windowOf(device.name, device.from, device.to, device.progressAt), kind);
+  return {head, evidence: judged.text, key: `${head}|${judged.diagnosis}`};
 }
 
 export function describeCheck(text: string, outcome: CheckOutcome & {ok: false}): Finding {
@@ -36,4 +36,18 @@ export function describeCheck(text: string, outcome: CheckOutcome & {ok: false})
 
 export function composeReason(findings: ReadonlyArray<Finding>): string {
   return findings.map(f => (f.evidence === null ? f.head : `${f.head}; ${f.evidence}`)).join('; ');
+}
+
+/** What the prober found at the probe name and did about it, as the log says it. */
+export function describeFileEvent(file: string, event: FileEvent): {level: 'error' | 'warn' | 'info', message: string} {
+  switch (event.kind) {
+    case 'found':
+      return {level: 'error', message: `${file}: found a ${event.what} (owner uid ${event.uid}, ${event.links} link${event.links === 1 ? '' : 's'}, inode ${event.inode}) that this reporter did not create; removed it without following it${event.what === 'symlink' ? ' (its target is untouched)' : ''} and created a file of its own`};
+    case 'stale':
+      return {level: 'info', message: `${file}: removed the probe file of an earlier run and created a new one`};
+    case 'missing':
+      return {level: 'warn', message: `${file}: the probe file this reporter created was removed by someone else; created a new one`};
+    case 'moved':
+      return {level: 'error', message: `${file}: a directory that is not empty was at the probe name; renamed it to ${event.to} (never entered as root)`};
+  }
 }

@@ -1,0 +1,2 @@
+export * from './mountinfo';
+export * from './table';

@@ -1,0 +1,86 @@
+import fs from 'node:fs';
+import path from 'node:path';
+
+import {StartupError} from '../errors';
+import {MAX_PATHS} from '../heartbeat';
+import type {Logger} from '../log';
+import {describeMount} from '../mounts';
+import type {MountEntry} from '../mounts';
+import {DeviceWatch, logfileWarnings, pinPath, resolveDevice} from '../probe';
+import type {PathPin} from '../probe';
+
+const PROTECTED_HARDLINKS = '/proc/sys/fs/protected_hardlinks';
+
+export function defaultName(monitorDir: string): string {
+  return path.basename(path.resolve(monitorDir));
+}
+
+/** Every watched path resolved and pinned to its mount, with what an operator must know about it. */
+export function pinAll(given: ReadonlyArray<string>, {requireMount = false, logfile}: {requireMount?: boolean, logfile?: string}, logger: Logger, entries: ReadonlyArray<MountEntry>): Array<PathPin> {
+  if (given.length > MAX_PATHS)
+    throw new StartupError(`--monitor given ${given.length} times; at most ${MAX_PATHS} paths per reporter`);
+  const pins: Array<PathPin> = [];
+  for (const monitor of given) {
+    const pin = pinPath(monitor, entries);
+    const twin = pins.find(p => p.dir === pin.dir);
+    if (twin !== undefined)
+      throw new StartupError(`--monitor=${monitor} is the same directory as --monitor=${twin.path} (${pin.dir})`);
+    pins.push(pin);
+    logger.info(`watching ${pin.dir === monitor ? monitor : `${monitor} (${pin.dir})`} on ${describeMount(pin.mount)}`, {path: monitor, device: pin.mount.device, mountId: pin.mount.id, source: pin.mount.source, fstype: pin.mount.fstype, mountPoint: pin.mount.mountPoint});
+    for (const warning of pin.warnings)
+      logger.warn(warning, {path: monitor});
+  }
+  const unmounted = pins.flatMap(pin => pin.unmounted);
+  if (requireMount && unmounted.length > 0)
+    throw new StartupError(`${unmounted.join('; ')} (--require-mount: refusing to start)`);
+  for (const problem of unmounted)
+    logger.warn(problem);
+  if (logfile !== undefined) {
+    for (const warning of logfileWarnings(logfile, pins, entries))
+      logger.warn(warning);
+  }
+  return pins;
+}
+
+/** What fs.protected_hardlinks guarantees here, said once at start-up. */
+export function logHardlinkProtection(logger: Logger): void {
+  let value = '';
+  try {
+    value = fs.readFileSync(PROTECTED_HARDLINKS, 'utf8').trim();
+  } catch {}
+  if (value === '1')
+    logger.info('fs.protected_hardlinks=1: a user can hard-link only files it owns or can write, so no link at the probe name can lead to a file that user could not already change', {protectedHardlinks: 1});
+  else
+    logger.warn(`fs.protected_hardlinks=${value === '' ? 'unknown' : value}: any user who can write a watched directory can hard-link other files of that filesystem to the probe name; the probe refuses a file with more than one link, but set fs.protected_hardlinks=1`, {protectedHardlinks: value});
+}
+
+/**
+ * Each pinned device's own counters, read every interval from sysfs (never
+ * from the device). Paths on one device share a watch; a path with none
+ * (tmpfs, NFS, FUSE) is said once.
+ */
+export function watchDevices(pins: ReadonlyArray<PathPin>, logger: Logger): {byPath: Map<string, DeviceWatch>, all: Array<DeviceWatch>} {
+  const byDevice = new Map<string, DeviceWatch>();
+  const byPath = new Map<string, DeviceWatch>();
+  for (const pin of pins) {
+    const resolved = resolveDevice(pin.mount, pin.device);
+    if (resolved.node === null) {
+      logger.info(`no device evidence for ${pin.path}: ${resolved.why}`, {path: pin.path});
+      continue;
+    }
+    const node = resolved.node;
+    let watch = byDevice.get(node.device);
+    if (watch === undefined) {
+      try {
+        watch = new DeviceWatch(node);
+      } catch (error) {
+        logger.warn(`no device evidence for ${pin.path}: cannot read ${node.dir}: ${(error as Error).message}`, {path: pin.path});
+        continue;
+      }
+      byDevice.set(node.device, watch);
+    }
+    byPath.set(pin.path, watch);
+    logger.info(`device evidence for ${pin.path}: ${node.name} (${node.device}${node.detail === '' ? '' : `; ${node.detail}`}), its counters read from ${node.dir}`, {path: pin.path, device: node.device, deviceName: node.name});
+  }
+  return {byPath, all: [...byDevice.values()]};
+}
