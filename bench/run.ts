@@ -14,6 +14,7 @@ import {LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/helpers/r
 import {freezeThawCycles} from './cycles';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency, treeTicks} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
+import {patroniControls} from './patroni';
 import {recordCycle} from './picture';
 import {soak, soakOptions} from './soak';
 import {standaloneFigures} from './standalone';
@@ -321,6 +322,8 @@ async function main(): Promise<void> {
       ['footprint', () => monitorFootprint(dir, teardown, seconds('BENCH_STEADY_SECONDS', 60))],
       ['latency', () => packetPathLatency(dir, teardown)],
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
+      // BENCH_PATRONI_HANG (60 s), BENCH_PATRONI_RUNS (2), BENCH_PATRONI_CASES (abcd), BENCH_PATRONI_VERSIONS (system,unstable).
+      ['patroni', () => patroniControls(dir)],
       ['verdicts', () => verdictsCost(volume, dir)],
       // make soak (BENCH_ONLY=soak) runs SOAK_SECONDS, 600 by default; a whole make bench, 300 unless SOAK_SECONDS says.
       ['soak', () => soak(dir, teardown, soakOptions(only.length === 0 ? {SOAK_SECONDS: '300', ...process.env} : process.env))],

@@ -127,7 +127,6 @@ export class PatroniCluster {
   private readonly procs: Array<Proc> = [];
   private readonly patroni = new Map<NodeName, Proc>();
   private readonly stalled = new Set<NodeName>();
-  private observer: Proc | undefined;
   private writers = 0;
 
   private constructor(
@@ -151,17 +150,33 @@ export class PatroniCluster {
     clusterCounter += 1;
     const tag = `${process.pid % 100000}${clusterCounter}`;
     fs.mkdirSync(dir, {recursive: true});
-    // PostgreSQL runs as postgres: it walks into its run, log and data directories.
+    // Patroni and PostgreSQL run as postgres: they walk into their run, log and data directories
+    // (a temporary directory is 0700, and so may be the one it is made in).
+    for (let d = path.resolve(dir); d !== '/'; d = path.dirname(d)) {
+      const mode = fs.statSync(d).mode & 0o7777;
+      if ((mode & 0o001) === 0)
+        fs.chmodSync(d, mode | 0o011);
+    }
     fs.chmodSync(dir, 0o755);
     const teardown = new Teardown(dir);
+    let cluster: PatroniCluster;
     try {
-      return await PatroniCluster.build(dir, teardown, tag, patroni, diskMb);
+      cluster = await PatroniCluster.build(dir, teardown, tag, patroni, diskMb);
     } catch (error) {
       teardown.dispose();
       throw error;
     }
+    try {
+      await cluster.boot();
+    } catch (error) {
+      const logs = cluster.logTail();
+      await cluster.stop();
+      throw new Error(`${(error as Error).message}\n${logs}`);
+    }
+    return cluster;
   }
 
+  /** The namespaces, the disks and etcd's tmpfs. */
   private static async build(dir: string, teardown: Teardown, tag: string, patroni: PatroniCommand, diskMb: number): Promise<PatroniCluster> {
     const ns = (role: string) => `ebsmon-pg${role}-${tag}`;
     const switchNs = ns('sw');
@@ -207,15 +222,8 @@ export class PatroniCluster {
     sh(['mount', '-t', 'tmpfs', '-o', 'size=256m,mode=0700', 'tmpfs', etcdData]);
     teardown.add(['umount', '-l', etcdData]);
 
-    const cluster = new PatroniCluster(dir, teardown, switchNs, {ns: clientNet.ns, ip: clientNet.ip},
+    return new PatroniCluster(dir, teardown, switchNs, {ns: clientNet.ns, ip: clientNet.ip},
       {ns: etcdNet.ns, ip: etcdNet.ip, port: ETCD_PORT}, nodes, patroni);
-    try {
-      await cluster.boot(etcdData);
-    } catch (error) {
-      await cluster.stop();
-      throw new Error(`${(error as Error).message}\n${cluster.logTail()}`);
-    }
-    return cluster;
   }
 
   private track(proc: Proc): Proc {
@@ -223,8 +231,9 @@ export class PatroniCluster {
     return proc;
   }
 
-  private async boot(etcdData: string): Promise<void> {
+  private async boot(): Promise<void> {
     const {ns, ip, port} = this.etcd;
+    const etcdData = path.join(this.dir, 'etcd');
     const etcdLog = fs.openSync(path.join(this.dir, 'etcd.log'), 'a');
     this.track(new Proc(spawn('ip', inNs(ns, ['etcd', '--name', 'etcd', '--data-dir', etcdData,
       '--listen-client-urls', `http://${ip}:${port}`, '--advertise-client-urls', `http://${ip}:${port}`,
@@ -234,15 +243,24 @@ export class PatroniCluster {
     await waitFor('etcd healthy', () => this.curl(this.client.ns, `http://${ip}:${port}/health`).body.includes('"true"'), 30_000, 200);
 
     const observerFile = path.join(this.dir, 'observer.ndjson');
-    this.observer = this.track(new Proc(spawn('ip', inNs(this.client.ns, [PYTHON, HELPER('pgobserver.py'), '--etcd', `${ip}:${port}`, '--key', LEADER_KEY,
+    this.track(new Proc(spawn('ip', inNs(this.client.ns, [PYTHON, HELPER('pgobserver.py'), '--etcd', `${ip}:${port}`, '--key', LEADER_KEY,
       ...this.nodes.flatMap(n => ['--node', `${n.name}=${n.ip}:${n.apiPort}`]), '--out', observerFile]).slice(1), {stdio: 'ignore'})));
 
     const [pg1, pg2] = this.nodes as [PgNode, PgNode];
     this.startPatroni(pg1);
-    await waitFor('pg1 bootstrapped as the leader', () => this.leader() === 'pg1' && this.api(pg1, '/primary').code === 200, 120_000, 250);
+    await waitFor('pg1 bootstrapped as the leader', () => this.running() && this.leader() === 'pg1' && this.api(pg1, '/primary').code === 200, 120_000, 250);
     this.startPatroni(pg2);
-    await waitFor('pg2 streaming from pg1', () => this.streamingTo(pg1).includes('pg2'), 120_000, 250);
+    await waitFor('pg2 streaming from pg1', () => this.running() && this.streamingTo(pg1).includes('pg2'), 120_000, 250);
     this.sql(pg1, 'CREATE TABLE t (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())');
+  }
+
+  /** Throws if a Patroni this cluster started has exited: a wait for it would only time out. */
+  private running(): true {
+    for (const [name, proc] of this.patroni) {
+      if (!proc.running)
+        throw new Error(`Patroni of ${name} exited (${proc.exitCode ?? proc.exitSignal})`);
+    }
+    return true;
   }
 
   /** Patroni's configuration (JSON is YAML); only the node's addresses and directories differ between nodes. */
