@@ -134,8 +134,7 @@ export async function patroniRun(dir: string, patroni: PatroniCommand, version: 
     await waitFor('the writer writing', () => writer.acks().length >= 100, 60_000, 100);
     const old = cluster.healthy() ?? 'pg1';
     const other = cluster.other(old).name;
-    const hangAt = Date.now();
-    cluster.hang(old, c.hang);
+    const hangAt = cluster.hang(old, c.hang);
     let lifting: Promise<{etcd: number | null, clients: number | null, said: Array<string>}> | undefined;
     let resumedAt = 0;
     try {

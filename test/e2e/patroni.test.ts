@@ -47,8 +47,7 @@ describe('Patroni cluster whose primary\'s disk hangs (control, no fencing)', {s
     requireRoot(t);
     const c = cluster!;
     const pg1 = c.node('pg1');
-    hangAt = Date.now();
-    c.hang('pg1', {dropCache: false, stallPatroni: true});
+    hangAt = c.hang('pg1', {dropCache: false, stallPatroni: true});
     try {
       const stalled = await waitFor('the application\'s commit on pg1 timing out', () => writer.events().find(e => e.ev === 'error' && e.op === 'query' && e.t >= hangAt), 15_000, 100);
       assert.equal(stalled.node, 'pg1');

@@ -386,14 +386,20 @@ export class PatroniCluster {
     return waitFor('one leader and a streaming replica', () => this.healthy(), timeoutMs, 500);
   }
 
-  /** The disk stops answering (the FUSE daemon is stopped); optionally Patroni stops too. */
-  hang(name: NodeName, {dropCache = true, stallPatroni = false}: HangOptions = {}): void {
+  /**
+   * The disk stops answering (the FUSE daemon is stopped); optionally Patroni
+   * stops too. Returns when the disk stopped: the hang's start (the sync
+   * before it can take seconds on a busy machine, while commits go on).
+   */
+  hang(name: NodeName, {dropCache = true, stallPatroni = false}: HangOptions = {}): number {
+    // Written back now, so that the sync inside the disk's hang is short and Patroni stops just before it.
+    sh(['sync']);
     if (stallPatroni) {
       // Stopped first, so it cannot react to its own disk between the two.
       this.patroni.get(name)!.kill('SIGSTOP');
       this.stalled.add(name);
     }
-    this.node(name).disk.hang({dropCache});
+    return this.node(name).disk.hang({dropCache});
   }
 
   resume(name: NodeName): void {
