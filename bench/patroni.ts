@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {API_PORT, ETCD_PORT, PG_PORT, PatroniCluster, patroniVersion} from '../test/helpers/patroni';
-import type {HangOptions, NodeName, PatroniCommand} from '../test/helpers/patroni';
+import type {HangOptions, NodeName, ObserverEvent, PatroniCommand} from '../test/helpers/patroni';
 import {HELPER} from '../test/helpers/proc';
 import {inNs, waitFor} from '../test/helpers/rig';
 
@@ -35,6 +35,8 @@ export type Run = {
   firstNewCommitMs: number | null;
   /** The old primary held the leader key again after the other node had held it. */
   reclaimed: boolean;
+  /** Who held the leader key from the hang on (null: nobody), and since when (ms after the hang; the first entry: at the hang). */
+  key: Array<{holder: string | null, ms: number}>;
   acked: number;
   lost: number;
   /** Commits the old primary acknowledged while its disk hung, and after the resume while the other node had taken over. */
@@ -96,6 +98,18 @@ function rejoinCheck(cluster: PatroniCluster, name: NodeName): Promise<{code: nu
   });
 }
 
+/** The leader key's holders from `since` on: the one at `since`, then each change (the observer's failed reads skipped). */
+export function keyHistory(observations: Array<ObserverEvent>, since: number): Array<{holder: string | null, t: number}> {
+  const reads = observations.filter(o => o.src === 'etcd' && o.leader !== undefined);
+  const before = reads.filter(o => o.t < since).at(-1);
+  const history = before === undefined ? [] : [{holder: before.leader!, t: since}];
+  for (const o of reads.filter(r => r.t >= since)) {
+    if (history.at(-1)?.holder !== o.leader)
+      history.push({holder: o.leader!, t: o.t});
+  }
+  return history;
+}
+
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 
 /**
@@ -127,10 +141,10 @@ async function liftInStages(cluster: PatroniCluster, name: NodeName, until: numb
   return {etcd, clients: null, said};
 }
 
-export async function patroniRun(dir: string, patroni: PatroniCommand, version: string, c: Case, hangSeconds: number): Promise<Run> {
+export async function patroniRun(dir: string, patroni: PatroniCommand, version: string, c: Case, hangSeconds: number, route: 'patroni' | 'libpq'): Promise<Run> {
   const cluster = await PatroniCluster.start(dir, {patroni});
   try {
-    const writer = cluster.startWriter();
+    const writer = cluster.startWriter({route});
     await waitFor('the writer writing', () => writer.acks().length >= 100, 60_000, 100);
     const old = cluster.healthy() ?? 'pg1';
     const other = cluster.other(old).name;
@@ -162,8 +176,8 @@ export async function patroniRun(dir: string, patroni: PatroniCommand, version: 
     }
     await writer.proc.stop();
     const verdict = cluster.verify(writer, {hangAt, oldPrimary: old});
-    const etcdSeen = cluster.observations().filter(o => o.src === 'etcd' && o.t >= hangAt && o.leader !== undefined);
-    const tookOver = etcdSeen.findIndex(o => o.leader === other);
+    const key = keyHistory(cluster.observations(), hangAt);
+    const tookOver = key.findIndex(k => k.holder === other);
     const firstNew = writer.acks(hangAt).find(e => e.node === other);
     const run: Run = {
       version,
@@ -171,11 +185,12 @@ export async function patroniRun(dir: string, patroni: PatroniCommand, version: 
       hangSeconds,
       failover: tookOver >= 0,
       firstNewCommitMs: firstNew === undefined ? null : firstNew.t - hangAt,
-      reclaimed: tookOver >= 0 && etcdSeen.slice(tookOver).some(o => o.leader === old),
+      reclaimed: tookOver >= 0 && key.slice(tookOver).some(k => k.holder === old),
+      key: key.map(k => ({holder: k.holder, ms: k.t - hangAt})),
       acked: verdict.acked,
       lost: verdict.lost.length,
       oldAcksDuringHang: writer.acks(hangAt).filter(e => e.node === old && e.t < resumedAt).length,
-      oldAcksSplit: tookOver < 0 ? 0 : writer.acks(Math.max(resumedAt, etcdSeen[tookOver]!.t)).filter(e => e.node === old).length,
+      oldAcksSplit: tookOver < 0 ? 0 : writer.acks(Math.max(resumedAt, key[tookOver]!.t)).filter(e => e.node === old).length,
       healthyAfterResumeMs: healthyAt === null ? null : healthyAt - resumedAt,
       ...(c.fence ? {etcdLiftedMs: lifts?.etcd == null ? null : lifts.etcd - resumedAt, clientsLiftedMs: lifts?.clients == null ? null : lifts.clients - resumedAt} : {}),
       finalPrimary: verdict.finalPrimary,
@@ -247,20 +262,24 @@ export async function patroniControls(dir: string): Promise<void> {
   const runs = Number(process.env.BENCH_PATRONI_RUNS ?? 2);
   const only = (process.env.BENCH_PATRONI_CASES ?? 'abcd').split('');
   const versions = (process.env.BENCH_PATRONI_VERSIONS ?? 'system,unstable').split(',');
+  // How the application finds the primary: Patroni's REST API (as HAProxy does) or libpq's read-write check.
+  const route = process.env.BENCH_PATRONI_ROUTE === 'libpq' ? 'libpq' : 'patroni';
   const all: Array<Run> = [];
   for (const which of versions) {
     const command = which === 'system' ? {} : unstablePatroni();
     const version = patroniVersion(command);
-    line(`Patroni ${version}: hang ${hangSeconds} s, then resume`, `ttl ${15}, loop_wait 5, retry_timeout 5, use_pg_rewind; ${runs} run(s) a case`);
+    line(`Patroni ${version}: hang ${hangSeconds} s, then resume`, `ttl 15, loop_wait 5, retry_timeout 5, use_pg_rewind; the application routes by ${route === 'patroni' ? 'GET /primary' : 'libpq read-write'}; ${runs} run(s) a case`);
     process.stdout.write(`  ${'case'.padEnd(44)} failover  first commit on new  reclaimed  lost  old acks: hang, split  healthy after resume\n`);
     for (const c of CASES.filter(k => only.includes(k.key))) {
       for (let i = 0; i < runs; i++) {
-        const r = await patroniRun(path.join(dir, `patroni-${version}-${c.key}-${i}`), command, version, c, hangSeconds);
+        const r = await patroniRun(path.join(dir, `patroni-${version}-${c.key}-${i}`), command, version, c, hangSeconds, route);
         all.push(r);
-        const lifts = c.fence ? `  (etcd cut lifted ${cell(r.etcdLiftedMs)}, clients ${cell(r.clientsLiftedMs)} after resume)` : '';
-        process.stdout.write(`  ${`(${c.key}) ${c.label}`.padEnd(44)} ${(r.failover ? 'yes' : 'no').padEnd(9)} ${cell(r.firstNewCommitMs).padEnd(20)} ${(r.reclaimed ? 'yes' : 'no').padEnd(10)} ${String(r.lost).padEnd(5)} ${`${r.oldAcksDuringHang}, ${r.oldAcksSplit}`.padEnd(21)} ${cell(r.healthyAfterResumeMs)}${lifts}\n`);
+        const lifts = c.fence ? `; etcd cut lifted ${cell(r.etcdLiftedMs)}, clients ${cell(r.clientsLiftedMs)} after the resume` : '';
+        const holders = r.key.map((k, i) => `${k.holder ?? 'none'}${i === 0 ? '' : ` +${(k.ms / 1000).toFixed(1)}`}`).join(' -> ');
+        process.stdout.write(`  ${`(${c.key}) ${c.label}`.padEnd(44)} ${(r.failover ? 'yes' : 'no').padEnd(9)} ${cell(r.firstNewCommitMs).padEnd(20)} ${(r.reclaimed ? 'yes' : 'no').padEnd(10)} ${String(r.lost).padEnd(5)} ${`${r.oldAcksDuringHang}, ${r.oldAcksSplit}`.padEnd(21)} ${cell(r.healthyAfterResumeMs)}\n`);
+        process.stdout.write(`      leader key: ${holders}${lifts}\n`);
       }
     }
   }
-  results.patroni = {hangSeconds, fenceAfterMs: FENCE_AFTER_MS, runs: all};
+  results.patroni = {hangSeconds, route, fenceAfterMs: FENCE_AFTER_MS, runs: all};
 }
