@@ -7,7 +7,7 @@ import {spawn, spawnSync} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import {API_PORT, ETCD_PORT, PG_PORT, PatroniCluster, patroniVersion} from '../test/helpers/patroni';
+import {API_PORT, DCS, ETCD_PORT, PG_PORT, PatroniCluster, patroniVersion} from '../test/helpers/patroni';
 import type {HangOptions, NodeName, ObserverEvent, PatroniCommand} from '../test/helpers/patroni';
 import {HELPER} from '../test/helpers/proc';
 import {inNs, waitFor} from '../test/helpers/rig';
@@ -268,7 +268,7 @@ export async function patroniControls(dir: string): Promise<void> {
   for (const which of versions) {
     const command = which === 'system' ? {} : unstablePatroni();
     const version = patroniVersion(command);
-    line(`Patroni ${version}: hang ${hangSeconds} s, then resume`, `ttl 15, loop_wait 5, retry_timeout 5, use_pg_rewind; the application routes by ${route === 'patroni' ? 'GET /primary' : 'libpq read-write'}; ${runs} run(s) a case`);
+    line(`Patroni ${version}: hang ${hangSeconds} s, then resume`, `ttl ${DCS.ttl}, loop_wait ${DCS.loop_wait}, retry_timeout ${DCS.retry_timeout}, use_pg_rewind; the application routes by ${route === 'patroni' ? 'GET /primary' : 'libpq read-write'}; ${runs} run(s) a case`);
     process.stdout.write(`  ${'case'.padEnd(44)} failover  first commit on new  reclaimed  lost  old acks: hang, split  healthy after resume\n`);
     for (const c of CASES.filter(k => only.includes(k.key))) {
       for (let i = 0; i < runs; i++) {
