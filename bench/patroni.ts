@@ -14,13 +14,21 @@ import {inNs, waitFor} from '../test/helpers/rig';
 
 import {line, results} from './stats';
 
-type Case = {key: string, label: string, hang: HangOptions, fence: boolean};
+/**
+ * none: no fencing. inbound: remote connections to 5432 and 8008 reset (what a
+ * port fence does alone), lifted at the resume. staged: the operator's rules
+ * (also: outbound to etcd cut, replies from 5432 held), lifted in two stages.
+ */
+type Fence = 'none' | 'inbound' | 'staged';
+type Case = {key: string, label: string, hang: HangOptions, fence: Fence};
 
 export const CASES: ReadonlyArray<Case> = [
-  {key: 'a', label: 'no fencing, page cache warm', hang: {dropCache: false}, fence: false},
-  {key: 'b', label: 'no fencing, page cache dropped', hang: {dropCache: true}, fence: false},
-  {key: 'c', label: 'no fencing, Patroni\'s loop stalled', hang: {dropCache: false, stallPatroni: true}, fence: false},
-  {key: 'd', label: 'hand-made nft fence, lifted in two stages', hang: {dropCache: false}, fence: true},
+  {key: 'a', label: 'no fencing, page cache warm', hang: {dropCache: false}, fence: 'none'},
+  {key: 'b', label: 'no fencing, page cache dropped', hang: {dropCache: true}, fence: 'none'},
+  {key: 'c', label: 'no fencing, Patroni\'s loop stalled', hang: {dropCache: false, stallPatroni: true}, fence: 'none'},
+  {key: 'd', label: 'hand-made nft fence, cache warm', hang: {dropCache: false}, fence: 'staged'},
+  {key: 'e', label: 'inbound-only fence, cache dropped', hang: {dropCache: true}, fence: 'inbound'},
+  {key: 'f', label: 'hand-made nft fence, cache dropped', hang: {dropCache: true}, fence: 'staged'},
 ];
 
 /** When the hand-made fence goes in, after the hang began (as the operator did it). */
@@ -65,11 +73,12 @@ const FENCE_ETCD = `table inet fence_etcd {
   }
 }
 `;
-const FENCE_CLIENTS = `table inet fence_clients {
+const FENCE_INBOUND = `
   chain input {
     type filter hook input priority 0; policy accept;
     iifname != "lo" tcp dport { ${PG_PORT}, ${API_PORT} } reject with tcp reset
-  }
+  }`;
+const FENCE_CLIENTS = `table inet fence_clients {${FENCE_INBOUND}
   chain output {
     type filter hook output priority 0; policy accept;
     oifname != "lo" tcp sport ${PG_PORT} tcp flags rst accept
@@ -152,10 +161,14 @@ export async function patroniRun(dir: string, patroni: PatroniCommand, version: 
     let lifting: Promise<{etcd: number | null, clients: number | null, said: Array<string>}> | undefined;
     let resumedAt = 0;
     try {
-      if (c.fence) {
+      if (c.fence !== 'none') {
         await sleep(FENCE_AFTER_MS);
-        nft(cluster.node(old).ns, FENCE_ETCD + FENCE_CLIENTS);
-        lifting = liftInStages(cluster, old, hangAt + hangSeconds * 1000 + 300_000);
+        if (c.fence === 'staged') {
+          nft(cluster.node(old).ns, FENCE_ETCD + FENCE_CLIENTS);
+          lifting = liftInStages(cluster, old, hangAt + hangSeconds * 1000 + 300_000);
+        } else {
+          nft(cluster.node(old).ns, `table inet fence_clients {${FENCE_INBOUND}\n}\n`);
+        }
       }
       // The hang's length is the scenario itself, not a wait for a condition.
       await sleep(Math.max(0, hangAt + hangSeconds * 1000 - Date.now()));
@@ -163,6 +176,8 @@ export async function patroniRun(dir: string, patroni: PatroniCommand, version: 
       cluster.resume(old);
       resumedAt = Date.now();
     }
+    if (c.fence === 'inbound')
+      nft(cluster.node(old).ns, 'delete table inet fence_clients\n');
     const lifts = await lifting;
     let healthyAt: number | null = null;
     try {
@@ -192,7 +207,7 @@ export async function patroniRun(dir: string, patroni: PatroniCommand, version: 
       oldAcksDuringHang: writer.acks(hangAt).filter(e => e.node === old && e.t < resumedAt).length,
       oldAcksSplit: tookOver < 0 ? 0 : writer.acks(Math.max(resumedAt, key[tookOver]!.t)).filter(e => e.node === old).length,
       healthyAfterResumeMs: healthyAt === null ? null : healthyAt - resumedAt,
-      ...(c.fence ? {etcdLiftedMs: lifts?.etcd == null ? null : lifts.etcd - resumedAt, clientsLiftedMs: lifts?.clients == null ? null : lifts.clients - resumedAt} : {}),
+      ...(c.fence === 'staged' ? {etcdLiftedMs: lifts?.etcd == null ? null : lifts.etcd - resumedAt, clientsLiftedMs: lifts?.clients == null ? null : lifts.clients - resumedAt} : {}),
       finalPrimary: verdict.finalPrimary,
       demoted: /demoting self because DCS is not accessible/.test(cluster.patroniLog(old)),
     };
@@ -260,7 +275,7 @@ const cell = (v: number | null | undefined, unit = ' s') => (v === null || v ===
 export async function patroniControls(dir: string): Promise<void> {
   const hangSeconds = Number(process.env.BENCH_PATRONI_HANG ?? 60);
   const runs = Number(process.env.BENCH_PATRONI_RUNS ?? 2);
-  const only = (process.env.BENCH_PATRONI_CASES ?? 'abcd').split('');
+  const only = (process.env.BENCH_PATRONI_CASES ?? 'abcdef').split('');
   const versions = (process.env.BENCH_PATRONI_VERSIONS ?? 'system,unstable').split(',');
   // How the application finds the primary: Patroni's REST API (as HAProxy does) or libpq's read-write check.
   const route = process.env.BENCH_PATRONI_ROUTE === 'libpq' ? 'libpq' : 'patroni';
@@ -274,7 +289,7 @@ export async function patroniControls(dir: string): Promise<void> {
       for (let i = 0; i < runs; i++) {
         const r = await patroniRun(path.join(dir, `patroni-${version}-${c.key}-${i}`), command, version, c, hangSeconds, route);
         all.push(r);
-        const lifts = c.fence ? `; etcd cut lifted ${cell(r.etcdLiftedMs)}, clients ${cell(r.clientsLiftedMs)} after the resume` : '';
+        const lifts = c.fence === 'staged' ? `; etcd cut lifted ${cell(r.etcdLiftedMs)}, clients ${cell(r.clientsLiftedMs)} after the resume` : '';
         const holders = r.key.map((k, i) => `${k.holder ?? 'none'}${i === 0 ? '' : ` +${(k.ms / 1000).toFixed(1)}`}`).join(' -> ');
         process.stdout.write(`  ${`(${c.key}) ${c.label}`.padEnd(44)} ${(r.failover ? 'yes' : 'no').padEnd(9)} ${cell(r.firstNewCommitMs).padEnd(20)} ${(r.reclaimed ? 'yes' : 'no').padEnd(10)} ${String(r.lost).padEnd(5)} ${`${r.oldAcksDuringHang}, ${r.oldAcksSplit}`.padEnd(21)} ${cell(r.healthyAfterResumeMs)}\n`);
         process.stdout.write(`      leader key: ${holders}${lifts}\n`);
