@@ -274,7 +274,7 @@ const cell = (v: number | null | undefined, unit = ' s') => (v === null || v ===
 
 export async function patroniControls(dir: string): Promise<void> {
   const hangSeconds = Number(process.env.BENCH_PATRONI_HANG ?? 60);
-  const runs = Number(process.env.BENCH_PATRONI_RUNS ?? 2);
+  const runs = Number(process.env.BENCH_PATRONI_RUNS ?? 1);
   const only = (process.env.BENCH_PATRONI_CASES ?? 'abcdef').split('');
   const versions = (process.env.BENCH_PATRONI_VERSIONS ?? 'system,unstable').split(',');
   // How the application finds the primary: Patroni's REST API (as HAProxy does) or libpq's read-write check.
