@@ -10,7 +10,11 @@ SYSTEM_TOOLS := nftables iptables iproute2 util-linux e2fsprogs coreutils procps
 # The package's install test: debootstrap makes a clean Debian root from the mirror,
 # systemd-nspawn (systemd-container) boots it with its own init and network.
 # strace shows the socket cutter execs nothing and opens no file once it is ready.
-TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3 python3 debootstrap systemd-container strace
+# The Patroni rig (test/helpers/patroni.ts) starts its own etcd, Patroni and PostgreSQL 15
+# in namespaces; its application and observer are /usr/bin/python3 with psycopg2; curl asks
+# Patroni's REST API and etcd; the bench unpacks a newer Patroni with dpkg-deb (dpkg).
+TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3 python3 debootstrap systemd-container \
+	patroni etcd-server postgresql-15 postgresql-client-15 python3-psycopg2 python3-etcd curl strace
 # make release: strip (binutils) takes the debug symbols out of the node binary the
 # standalone executable is made from (99 -> 86 MB).
 RELEASE_TOOLS := binutils
@@ -57,8 +61,9 @@ node_modules/.package-lock.json: package.json package-lock.json
 deps: node_modules/.package-lock.json
 
 # Installs the Debian packages of $(1) that are missing. A policy-rc.d (only for
-# the install, only if none exists) keeps apt from starting Debian's MariaDB and
-# Prometheus as system services: the tests start their own, in their own namespaces.
+# the install, only if none exists) keeps apt from starting Debian's MariaDB,
+# Prometheus, PostgreSQL, etcd and Patroni as system services: the tests start
+# their own, in their own namespaces.
 define apt_install
 	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \

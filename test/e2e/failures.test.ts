@@ -132,7 +132,9 @@ describe('every kind of failure: fenced, with the reason an operator reads, and 
     const data = path.join(disk.mountpoint, 'db');
     fs.mkdirSync(data);
     const loop = deviceName(disk.device);
-    await scenario(t, 'hung', data, () => disk.hang(), () => disk.resume(),
+    await scenario(t, 'hung', data, () => {
+      disk.hang();
+    }, () => disk.resume(),
       new RegExp(`^no heartbeat for \\d+\\.\\d s: probe of ${data} timed out after 0\\.6 s; ${loop}: \\d+ requests? in flight, none completed for \\d+\\.\\d s$`));
   });
 

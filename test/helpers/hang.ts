@@ -46,13 +46,20 @@ export class HungDisk {
     return new HungDisk(mountpoint, device, pid);
   }
 
-  hang(): void {
+  /**
+   * dropCache false: what the page cache holds still reads (a warm cache); writes and every other read hang.
+   * Returns when the disk stopped answering (the sync before it can take seconds on a busy machine).
+   */
+  hang({dropCache = true}: {dropCache?: boolean} = {}): number {
     // Dirty pages would otherwise be written back into a stopped daemon forever.
     sh(['sync']);
     process.kill(this.daemonPid, 'SIGSTOP');
+    const stoppedAt = Date.now();
     this.hung = true;
     // Nothing of the disk left in memory but what processes have mapped: reads must reach the device.
-    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    if (dropCache)
+      fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    return stoppedAt;
   }
 
   resume(): void {
