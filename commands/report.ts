@@ -5,7 +5,9 @@ import {nameArg, portListArg, secondsArg} from '../src/options';
 import {resolveCheck} from '../src/probe';
 import type {CheckSpec} from '../src/probe';
 import {defaultName, runReporter} from '../src/reporter';
-import {MAX_PATHS, NAME_PATTERN} from '../src/heartbeat';
+import type {ReporterOptions} from '../src/reporter';
+import {MAX_ISOLATE, MAX_PATHS, NAME_PATTERN} from '../src/heartbeat';
+import {DEFAULT_STATE_DIR} from '../src/state';
 import {DEFAULT_FIFO} from '../src/transport';
 import {DaemonCommand} from './base';
 
@@ -43,6 +45,9 @@ export class ReportCommand extends DaemonCommand {
   fifo = Option.String('--fifo', DEFAULT_FIFO, {description: 'The monitor\'s FIFO'});
   interval = Option.String('--interval', '1', {validator: secondsArg, description: 'Seconds between probes'});
   probeTimeout = Option.String('--probe-timeout', '3', {validator: secondsArg, description: 'A probe slower than this counts as a hang'});
+  isolate = Option.String('--isolate', {validator: portListArg, description: 'While fenced, this host may not reach these TCP ports (its cluster\'s coordinator: etcd 2379, Consul 8500, ...) and its replies to clients are held; at most 16'});
+  rejoin = Option.String('--rejoin', 'auto', {description: 'When a fence lifts once the disks answer: auto (after the monitor\'s --recover heartbeats), manual (only ebsmon unblock), or a PROGRAM run each interval while fenced (exit 10: the coordinator again, exit 0: clients again)'});
+  stateDir = Option.String('--state-dir', DEFAULT_STATE_DIR, {description: 'The monitor\'s --state-dir, where it says which reporters are fenced (read for --rejoin=PROGRAM)'});
 
   async execute(): Promise<number | void> {
     if (this.monitor.length > MAX_PATHS)
@@ -56,6 +61,17 @@ export class ReportCommand extends DaemonCommand {
         throw new UsageError(`--check=${text}: ${resolved.error}`);
       return resolved;
     });
+    if (this.isolate !== undefined && this.isolate.length > MAX_ISOLATE)
+      throw new UsageError(`--isolate names ${this.isolate.length} ports; at most ${MAX_ISOLATE}`);
+    let rejoin: ReporterOptions['rejoin'];
+    if (this.rejoin === 'auto' || this.rejoin === 'manual') {
+      rejoin = {mode: this.rejoin};
+    } else {
+      const resolved = resolveCheck(this.rejoin);
+      if ('error' in resolved)
+        throw new UsageError(`--rejoin=${this.rejoin}: not auto or manual, and not a program: ${resolved.error}`);
+      rejoin = {mode: 'program', program: resolved};
+    }
     await runRole({args: process.argv.slice(2), stdout: this.context.stdout, stderr: this.context.stderr, role: 'report'}, this.daemonOptions(), (logger, onReady, signal) => runReporter({logger, onReady}, {
       monitors: this.monitor,
       ports: this.ports,
@@ -66,6 +82,9 @@ export class ReportCommand extends DaemonCommand {
       requireMount: this.requireMount,
       logfile: this.logfile,
       checks,
+      ...(this.isolate === undefined ? {} : {isolate: this.isolate}),
+      rejoin,
+      stateDir: this.stateDir,
     }, signal));
   }
 }

@@ -1,3 +1,4 @@
+import type {RejoinAnswer} from '../heartbeat';
 import {probeFile} from '../probe';
 import type {CheckOutcome, ProbeMethod, ProbeOutcome} from '../probe';
 import {composeReason, describeCheck, describeFileEvent, describeProbe} from './findings';
@@ -28,6 +29,28 @@ export type LifeConfig = {
   name: string;
   /** how often "still failing" is said at warn level */
   reminderMs: number;
+  /**
+   * When a fence may lift once the disks are proven again (the monitor
+   * decides; this says which rule): `auto` after its recovery heartbeats,
+   * `manual` by an operator's unblock, `program` when the rejoin program
+   * says so, in stages (voice first, then clients).
+   */
+  rejoin: 'auto' | 'manual' | 'program';
+};
+
+/**
+ * The rejoin program's side: it runs only while the monitor says this
+ * reporter is fenced and its disks pass, one run at a time; its latest answer
+ * rides on every heartbeat. Times are epoch milliseconds (the monitor's
+ * clock: it counts only runs started after its fence began).
+ */
+export type RejoinState = {
+  /** when the monitor's fence began, from its word on tmpfs; null when not fenced */
+  fencedSince: number | null;
+  running: boolean;
+  /** its process still exists (killed at its deadline, stuck in the kernel) */
+  alive: boolean;
+  latest: {answer: RejoinAnswer, startedAt: number, reason: string} | null;
 };
 
 /** A path's mount no longer what was pinned, or the table unreadable: the path fails without being probed. */
@@ -97,6 +120,7 @@ export type Life = {
   /** the last failing word sent: at most one a tick with the same key */
   said: {tick: number, key: string} | null;
   nextProber: number;
+  rejoin: RejoinState;
   /** set by stop: no heartbeat or failing word any more, a goodbye decided once nothing is in flight */
   stopping: boolean;
   done: boolean;
@@ -114,7 +138,7 @@ export type LifeEvent =
    * tick's device counters; `pids`: for the log, the processes still busy (by
    * path, or by check text).
    */
-  | {type: 'tick', mounts?: ReadonlyMap<string, MountProblem>, restated?: ReadonlyMap<string, Finding>, pids?: ReadonlyMap<string, number>}
+  | {type: 'tick', mounts?: ReadonlyMap<string, MountProblem>, restated?: ReadonlyMap<string, Finding>, pids?: ReadonlyMap<string, number>, fencedSince?: number | null}
   /**
    * `mount`: the path's mount problem, from the table read again because the
    * answer failed or said the table changed; `finding`: a failing answer in
@@ -124,6 +148,9 @@ export type LifeEvent =
   | {type: 'prober-exited', path: string, prober: number, code: number | null}
   | {type: 'check-result', text: string, outcome: CheckOutcome}
   | {type: 'check-exited', text: string}
+  /** `startedAt`: epoch ms when the run that answered started */
+  | {type: 'rejoin-result', answer: RejoinAnswer, reason: string, startedAt: number}
+  | {type: 'rejoin-exited'}
   | {type: 'stop'}
   /** The wait for answers in flight is over. */
   | {type: 'stop-timeout'};
@@ -137,7 +164,10 @@ export type Effect =
   /** a path no longer watched: its prober goes */
   | {type: 'close-prober', path: string, prober: number}
   | {type: 'run-check', text: string}
-  | {type: 'heartbeat', seq: number, probeMs: number}
+  /** `fencedSince`: for the program's environment */
+  | {type: 'run-rejoin', fencedSince: number}
+  /** `rejoin`: the program's latest answer, while fenced */
+  | {type: 'heartbeat', seq: number, probeMs: number, rejoin?: {answer: RejoinAnswer, startedAt: number, reason: string}}
   | {type: 'failing', reason: string}
   | {type: 'log', level: LogLevel, message: string, fields: Record<string, unknown>}
   /** Stopped: say goodbye (the monitor forgets this reporter) only when healthy with nothing stuck. */
@@ -162,7 +192,8 @@ export function needsMountTable(life: Life): boolean {
 }
 
 export function initialLife(config: LifeConfig): Life {
-  return {config, paths: new Map(), checks: new Map(), health: {state: 'starting'}, seq: 0, lastBeatAt: -Infinity, ticks: 0, said: null, nextProber: 1, stopping: false, done: false};
+  return {config, paths: new Map(), checks: new Map(), health: {state: 'starting'}, seq: 0, lastBeatAt: -Infinity, ticks: 0, said: null, nextProber: 1,
+    rejoin: {fencedSince: null, running: false, alive: false, latest: null}, stopping: false, done: false};
 }
 
 /** A probe that missed its deadline: its prober is abandoned. ESPAWN: it never ran, so nothing is left to ask. */
@@ -254,6 +285,12 @@ export function step(life: Life, event: LifeEvent, now: number): Step {
         d.setCheck({...check, alive: false});
       break;
     }
+    case 'rejoin-result':
+      rejoinResult(d, event);
+      break;
+    case 'rejoin-exited':
+      d.life.rejoin = {...d.life.rejoin, alive: false};
+      break;
     case 'stop':
       d.life.stopping = true;
       break;
@@ -307,6 +344,44 @@ function tick(d: Draft, event: Extract<LifeEvent, {type: 'tick'}>): void {
   }
   if (reconsider)
     evaluate(d);
+  if (d.life.config.rejoin === 'program' && event.fencedSince !== undefined)
+    rejoinTick(d, event.fencedSince);
+}
+
+/**
+ * The rejoin program runs while the monitor says this reporter is fenced and
+ * its disks passed (the last evaluation was healthy): a node whose disk still
+ * hangs has nothing to ask. Lifted (no word on tmpfs): its answer is
+ * forgotten, so a later fence starts from "not yet".
+ */
+function rejoinTick(d: Draft, fencedSince: number | null): void {
+  const rejoin = d.life.rejoin;
+  if (fencedSince === null) {
+    if (rejoin.fencedSince !== null)
+      d.log('info', 'the monitor lifted the fence: the rejoin program rests', {name: d.life.config.name});
+    d.life.rejoin = {...rejoin, fencedSince: null, latest: null};
+    return;
+  }
+  if (rejoin.fencedSince !== fencedSince) {
+    d.log('info', 'fenced by the monitor: the rejoin program runs each interval once the disks pass', {name: d.life.config.name, fencedSince: new Date(fencedSince).toISOString()});
+    d.life.rejoin = {...rejoin, fencedSince, latest: rejoin.latest !== null && rejoin.latest.startedAt >= fencedSince ? rejoin.latest : null};
+  }
+  if (d.life.health.state !== 'healthy' || d.life.rejoin.running || d.life.rejoin.alive)
+    return;
+  d.effects.push({type: 'run-rejoin', fencedSince});
+  d.life.rejoin = {...d.life.rejoin, running: true, alive: true};
+}
+
+function rejoinResult(d: Draft, event: Extract<LifeEvent, {type: 'rejoin-result'}>): void {
+  const rejoin = d.life.rejoin;
+  if (!rejoin.running)
+    return;
+  const previous = rejoin.latest?.answer ?? 'none';
+  if (event.answer !== previous)
+    d.log(event.answer === 'none' ? 'info' : 'warn', `rejoin program: ${event.answer === 'clients' ? 'clients may come back' : event.answer === 'voice' ? 'the coordinator may be reached again, clients not yet' : 'not yet'}: ${event.reason}`, {name: d.life.config.name, answer: event.answer});
+  // An answer from before the current fence began says nothing about it.
+  const counts = rejoin.fencedSince !== null && event.startedAt >= rejoin.fencedSince;
+  d.life.rejoin = {...rejoin, running: false, latest: counts ? {answer: event.answer, startedAt: event.startedAt, reason: event.reason} : rejoin.latest};
 }
 
 function mountFailure(path: string, mount: MountProblem): PathResult {
@@ -393,7 +468,8 @@ function evaluate(d: Draft): void {
   becomeHealthy(d, ms);
   if (!d.life.stopping) {
     d.life.seq += 1;
-    d.effects.push({type: 'heartbeat', seq: d.life.seq, probeMs: round(ms)});
+    const latest = d.life.rejoin.fencedSince === null ? null : d.life.rejoin.latest;
+    d.effects.push({type: 'heartbeat', seq: d.life.seq, probeMs: round(ms), ...(latest === null ? {} : {rejoin: latest})});
   }
 }
 

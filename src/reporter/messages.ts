@@ -1,6 +1,7 @@
 import {MAX_LINE_BYTES, PATH_FIELD_MAX, REASON_MAX, isFailing, isHeartbeat} from '../heartbeat';
-import type {DeviceStats, Failing, Heartbeat, PathInfo} from '../heartbeat';
+import type {DeviceStats, Failing, Heartbeat, PathInfo, RejoinAnswer} from '../heartbeat';
 import type {PathPin} from '../probe';
+import {REJOIN_REASON_BYTES} from './rejoin';
 
 /** What every heartbeat of this reporter carries besides its sequence number, time and probe latency. */
 export type HeartbeatShape = {
@@ -14,7 +15,13 @@ export type HeartbeatShape = {
   paths?: Array<PathInfo>;
   /** whether the devices' counters go in too */
   devices: boolean;
+  /** coordinator ports this host must not reach while fenced */
+  isolate?: Array<number>;
+  /** absent: auto */
+  rejoin?: 'manual' | 'program';
 };
+
+export type RejoinWord = {answer: RejoinAnswer, startedAt: number, reason: string};
 
 /** Keeps the end of a long path (the informative part) within the wire limit; never empty (a mount's source can be). */
 function clip(text: string, max: number): string {
@@ -57,7 +64,9 @@ function problem(message: Heartbeat): string | null {
  * go is said once, as a warning.
  */
 export function fitHeartbeat(base: Omit<HeartbeatShape, 'devices' | 'paths'>, paths: Array<PathInfo>, devices: ReadonlyArray<{device: string, name: string}>): {shape: HeartbeatShape, warnings: Array<string>} {
-  const worst = (shape: HeartbeatShape): Heartbeat => heartbeatMessage(shape, {seq: Number.MAX_SAFE_INTEGER, sentAt: Date.now() * 10, probeMs: 1e9 + 0.25, devices: shape.devices ? devices.map(worstStats) : undefined});
+  // A rejoin program's longest reason, every byte a quote (escaped: two bytes each).
+  const rejoin = base.rejoin === 'program' ? {answer: 'clients' as const, startedAt: Date.now() * 10, reason: '"'.repeat(REJOIN_REASON_BYTES)} : undefined;
+  const worst = (shape: HeartbeatShape): Heartbeat => heartbeatMessage(shape, {seq: Number.MAX_SAFE_INTEGER, sentAt: Date.now() * 10, probeMs: 1e9 + 0.25, devices: shape.devices ? devices.map(worstStats) : undefined, rejoin});
   const warnings: Array<string> = [];
   let shape: HeartbeatShape = {...base, paths, devices: devices.length > 0};
   if (shape.devices) {
@@ -76,7 +85,7 @@ export function fitHeartbeat(base: Omit<HeartbeatShape, 'devices' | 'paths'>, pa
   return {shape, warnings};
 }
 
-export function heartbeatMessage(shape: HeartbeatShape, round: {seq: number, sentAt: number, probeMs: number, devices?: Array<DeviceStats>}): Heartbeat {
+export function heartbeatMessage(shape: HeartbeatShape, round: {seq: number, sentAt: number, probeMs: number, devices?: Array<DeviceStats>, rejoin?: RejoinWord}): Heartbeat {
   return {
     v: 1,
     kind: 'heartbeat',
@@ -90,6 +99,8 @@ export function heartbeatMessage(shape: HeartbeatShape, round: {seq: number, sen
     probeMs: round.probeMs,
     ...(shape.paths === undefined ? {} : {paths: shape.paths}),
     ...(shape.devices && round.devices !== undefined && round.devices.length > 0 ? {devices: round.devices} : {}),
+    ...(shape.isolate === undefined || shape.isolate.length === 0 ? {} : {isolate: shape.isolate}),
+    ...(shape.rejoin === undefined ? {} : {rejoin: {mode: shape.rejoin, ...(shape.rejoin === 'program' && round.rejoin !== undefined ? round.rejoin : {})}}),
   };
 }
 

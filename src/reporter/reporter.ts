@@ -7,12 +7,14 @@ import {readMountTable} from '../mounts';
 import type {CheckSpec} from '../probe';
 import {PROBE_SCRIPT} from '../probe/script';
 import {SpawnHelper} from '../spawn';
+import {DEFAULT_STATE_DIR, readFencedSince} from '../state';
 import {CheckRuns} from './checks';
 import {initialLife, needsMountTable, step} from './lifecycle';
 import type {Effect, LifeEvent, LogLevel} from './lifecycle';
 import {failingMessage, fitHeartbeat, heartbeatMessage, pathInfo} from './messages';
 import {MountChecks} from './mounts';
 import {PathProbers} from './probers';
+import {REJOIN_TIMEOUT_MS, RejoinRuns} from './rejoin';
 import {makeRuntimeDir} from './runtime';
 import {Sender} from './sender';
 import {logHardlinkProtection, pinAll, watchDevices} from './startup';
@@ -34,6 +36,12 @@ export type ReporterOptions = {
   logfile?: string;
   /** --check programs, resolved at start-up (see resolveCheck) */
   checks?: Array<CheckSpec>;
+  /** coordinator ports (etcd, Consul, the cluster's own) this host must not reach while fenced */
+  isolate?: Array<number>;
+  /** when a fence may lift: auto (default), manual, or when this program says so (resolved like a check) */
+  rejoin?: {mode: 'auto' | 'manual'} | {mode: 'program', program: CheckSpec};
+  /** the monitor's state directory, where it says which reporters are fenced (for the rejoin program) */
+  stateDir?: string;
 };
 
 export type ReporterDeps = {
@@ -55,7 +63,9 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   const pins = pinAll(options.monitors, options, logger, readMountTable());
   logHardlinkProtection(logger);
   const devices = watchDevices(pins, logger);
-  const {shape, warnings} = fitHeartbeat({name, pid: process.pid, ports: options.ports, interval, probeTimeout}, pins.map(pathInfo), devices.all.map(w => w.node));
+  const rejoin = options.rejoin ?? {mode: 'auto'};
+  const {shape, warnings} = fitHeartbeat({name, pid: process.pid, ports: options.ports, interval, probeTimeout, ...(options.isolate === undefined || options.isolate.length === 0 ? {} : {isolate: options.isolate}),
+    ...(rejoin.mode === 'auto' ? {} : {rejoin: rejoin.mode})}, pins.map(pathInfo), devices.all.map(w => w.node));
   for (const warning of warnings)
     logger.warn(warning);
 
@@ -72,7 +82,7 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   // winston formats a line before its transport drops it by level: lines a tick are not built for nothing.
   const log = (level: LogLevel, message: string, fields: Record<string, unknown>) => logger.isLevelEnabled(level) && logger.log(level, message, fields);
 
-  let life = initialLife({name, reminderMs: REMINDER_MS});
+  let life = initialLife({name, reminderMs: REMINDER_MS, rejoin: rejoin.mode});
   let finish!: (effect: Effect & {type: 'finish'}) => void;
   const finished = new Promise<Effect & {type: 'finish'}>(resolve => {
     finish = resolve;
@@ -89,6 +99,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     mountProblem: watched => mounts.now().get(watched), dispatch,
   });
   const checkRuns = new CheckRuns(checks, probeTimeout * 1000, (argv, runOptions) => helper.run(argv, runOptions), dispatch);
+  const rejoinRuns = rejoin.mode === 'program' ? new RejoinRuns(rejoin.program, name, (argv, runOptions) => helper.run(argv, runOptions), dispatch) : null;
+  const stateDir = options.stateDir ?? DEFAULT_STATE_DIR;
   const deviceStats = () => devices.all.flatMap(watch => (watch.latest === null ? [] : [watch.latest]));
   const perform = (effect: Effect) => {
     switch (effect.type) {
@@ -101,8 +113,10 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
         return probers.abandon(effect.path, effect.prober);
       case 'run-check':
         return checkRuns.run(effect.text);
+      case 'run-rejoin':
+        return rejoinRuns?.run(effect.fencedSince);
       case 'heartbeat':
-        if (sender.send(heartbeatMessage(shape, {seq: effect.seq, sentAt: Date.now(), probeMs: effect.probeMs, devices: deviceStats()})).ok)
+        if (sender.send(heartbeatMessage(shape, {seq: effect.seq, sentAt: Date.now(), probeMs: effect.probeMs, devices: deviceStats(), rejoin: effect.rejoin})).ok)
           log('debug', 'heartbeat sent', {seq: effect.seq, probeMs: effect.probeMs});
         return;
       case 'failing':
@@ -116,11 +130,18 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   const tick = () => {
     for (const watch of devices.all)
       watch.tick();
-    dispatch({type: 'tick', ...(needsMountTable(life) ? {mounts: mounts.now()} : {}), restated: probers.restated(), pids: new Map([...probers.pids(), ...checkRuns.pids()])});
+    dispatch({type: 'tick', ...(needsMountTable(life) ? {mounts: mounts.now()} : {}), restated: probers.restated(), pids: new Map([...probers.pids(), ...checkRuns.pids()]),
+      ...(rejoinRuns === null ? {} : {fencedSince: readFencedSince(stateDir, name)})});
   };
 
   for (const pin of pins)
     dispatch({type: 'watch', path: pin.path, dir: pin.dir});
+  if (options.isolate !== undefined && options.isolate.length > 0)
+    logger.info(`isolate: while fenced, this host reaches no port ${options.isolate.join(',')} (its coordinator) and its late replies are held`, {isolate: options.isolate.join(',')});
+  if (rejoin.mode === 'program')
+    logger.info(`rejoin: while fenced and its disks pass, ${rejoin.program.text} runs each interval (exit 10: the coordinator again; exit 0: clients again; killed after ${REJOIN_TIMEOUT_MS / 1000} s); the monitor's word is read from ${stateDir}`, {rejoin: rejoin.program.text});
+  else if (rejoin.mode === 'manual')
+    logger.info('rejoin: manual; a fence lifts only by ebsmon unblock');
   for (const check of checks) {
     logger.info(`check: ${check.text} (${check.argv[0]}, no shell, every interval, killed with its process group after ${probeTimeout} s)`, {check: check.text});
     dispatch({type: 'add-check', text: check.text});

@@ -51,6 +51,9 @@ describe('command line (in process)', () => {
     [['report', '--monitor=/tmp', '--ports=80', `--check=${NOT_EXECUTABLE}`], new RegExp(`--check=${NOT_EXECUTABLE}: ${NOT_EXECUTABLE} is not executable`)],
     [['report', '--monitor=/tmp', '--ports=80', '--check=ebsmon-no-such-program'], /--check=ebsmon-no-such-program: ebsmon-no-such-program is not an executable in PATH/],
     [['report', '--monitor=/tmp', '--ports=80', '--check', `psql -c 'select 1`], /--check=psql -c 'select 1: a single quote is not closed/],
+    [['report', '--monitor=/tmp', '--ports=80', '--rejoin=automatic'], /--rejoin=automatic: not auto or manual, and not a program: automatic is not an executable in PATH/],
+    [['report', '--monitor=/tmp', '--ports=80', '--isolate=2379,80000'], /--isolate/],
+    [['report', '--monitor=/tmp', '--ports=80', `--isolate=${Array.from({length: 17}, (_, i) => 2000 + i).join(',')}`], /--isolate names 17 ports; at most 16/],
     [['frobnicate'], /Command not found/],
   ];
   for (const [argv, message] of usage) {

@@ -10,9 +10,13 @@ import type {Effect, Finding, Life, LifeEvent} from '../../src/reporter';
  * every decision is an effect it reads.
  */
 class Run {
-  life: Life = initialLife({name: 'mysql', reminderMs: 60_000});
+  life: Life;
   now = 0;
   effects: Array<Effect> = [];
+
+  constructor(rejoin: 'auto' | 'manual' | 'program' = 'auto') {
+    this.life = initialLife({name: 'mysql', reminderMs: 60_000, rejoin});
+  }
 
   on(event: LifeEvent, at = this.now): Array<Effect> {
     this.now = at;
@@ -41,8 +45,8 @@ const said = (effects: Array<Effect>) => effects.flatMap(e => (e.type === 'faili
 const beats = (effects: Array<Effect>) => effects.flatMap(e => (e.type === 'heartbeat' ? [e.seq] : []));
 
 /** Two watched paths and a check, started and proven once. */
-function healthy(): Run {
-  const run = new Run();
+function healthy(rejoin: 'auto' | 'manual' | 'program' = 'auto'): Run {
+  const run = new Run(rejoin);
   run.on({type: 'watch', path: '/var/lib/mysql', dir: '/var/lib/mysql'});
   run.on({type: 'watch', path: '/var/lib/binlog', dir: '/srv/binlog'});
   run.on({type: 'add-check', text: 'mysqladmin ping'});
@@ -253,6 +257,69 @@ describe('the reporter\'s lifecycle: one pure step', () => {
       run.tick(1000);
       run.on({type: 'stop'}, 1001);
       assert.deepEqual(run.on({type: 'stop-timeout'}, 2201), [{type: 'finish', goodbye: false, reason: ''}]);
+    });
+  });
+
+  describe('the rejoin program (--rejoin=PROGRAM)', () => {
+    const since = 1_700_000_000_000;
+    /** One more round: probes and the check pass. */
+    const round = (run: Run, at: number, fencedSince: number | null) => {
+      const tick = run.tick(at, {fencedSince});
+      run.answer('/var/lib/mysql', at + 1, {ok: true});
+      run.answer('/var/lib/binlog', at + 2, {ok: true});
+      const last = run.on({type: 'check-result', text: 'mysqladmin ping', outcome: {ok: true, ms: 5}}, at + 3);
+      run.on({type: 'check-exited', text: 'mysqladmin ping'}, at + 3);
+      return {tick, beat: last.find(e => e.type === 'heartbeat')};
+    };
+
+    it('runs only while the monitor says fenced and the disks pass, one run at a time; its latest answer rides on each heartbeat', () => {
+      const run = healthy('program');
+      assert.deepEqual(round(run, 1000, null).tick.filter(e => e.type === 'run-rejoin'), [], 'not fenced: it does not run');
+      const first = round(run, 2000, since);
+      assert.deepEqual(first.tick.filter(e => e.type === 'run-rejoin'), [{type: 'run-rejoin', fencedSince: since}]);
+      assert.deepEqual(first.beat, {type: 'heartbeat', seq: 3, probeMs: 1.5}, 'no answer yet: the heartbeat says nothing of it');
+      assert.deepEqual(round(run, 3000, since).tick.filter(e => e.type === 'run-rejoin'), [], 'still running: never stacked');
+
+      const answered = run.on({type: 'rejoin-result', answer: 'voice', reason: 'voice: a replica now', startedAt: since + 2000}, 3500);
+      assert.deepEqual(logs(answered, 'warn'), ['rejoin program: the coordinator may be reached again, clients not yet: voice: a replica now']);
+      assert.deepEqual(round(run, 4000, since).tick.filter(e => e.type === 'run-rejoin'), [], 'its process not gone yet: not started again');
+      run.on({type: 'rejoin-exited'}, 4100);
+      const next = round(run, 5000, since);
+      assert.deepEqual(next.tick.filter(e => e.type === 'run-rejoin'), [{type: 'run-rejoin', fencedSince: since}]);
+      assert.deepEqual(next.beat, {type: 'heartbeat', seq: 6, probeMs: 1.5, rejoin: {answer: 'voice', startedAt: since + 2000, reason: 'voice: a replica now'}});
+
+      run.on({type: 'rejoin-result', answer: 'clients', reason: 'clients: streaming from the leader', startedAt: since + 5000}, 5500);
+      run.on({type: 'rejoin-exited'}, 5500);
+      assert.deepEqual(round(run, 6000, since).beat, {type: 'heartbeat', seq: 7, probeMs: 1.5, rejoin: {answer: 'clients', startedAt: since + 5000, reason: 'clients: streaming from the leader'}});
+
+      // Lifted: the answer is forgotten; a later fence starts from nothing.
+      const lifted = round(run, 8000, null);
+      assert.deepEqual(lifted.beat, {type: 'heartbeat', seq: 8, probeMs: 1.5});
+      assert.deepEqual(logs(lifted.tick, 'info'), ['the monitor lifted the fence: the rejoin program rests']);
+      assert.equal(run.life.rejoin.latest, null);
+    });
+
+    it('an answer from a run started before the fence began counts for nothing', () => {
+      const run = healthy('program');
+      round(run, 1000, since);
+      run.on({type: 'rejoin-result', answer: 'clients', reason: 'clients: stale', startedAt: since - 1}, 1500);
+      run.on({type: 'rejoin-exited'}, 1500);
+      assert.deepEqual(round(run, 2000, since).beat, {type: 'heartbeat', seq: 3, probeMs: 1.5});
+    });
+
+    it('a disk still failing: the program does not run', () => {
+      const run = healthy('program');
+      run.tick(1000, {fencedSince: null});
+      run.answer('/var/lib/mysql', 1001, {ok: false, code: 'EIO', reason: 'write: EIO: input/output error'});
+      assert.equal(run.life.health.state, 'failing');
+      assert.deepEqual(run.tick(2000, {fencedSince: since}).filter(e => e.type === 'run-rejoin'), []);
+    });
+
+    it('auto and manual never run a program, whatever the monitor says', () => {
+      for (const mode of ['auto', 'manual'] as const) {
+        const run = healthy(mode);
+        assert.deepEqual(round(run, 1000, since).tick.filter(e => e.type === 'run-rejoin'), []);
+      }
     });
   });
 });
