@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {parseTable} from '../src/fencing';
+import {Waiters, ms, nowNs} from '../test/helpers/cutter';
 import {HELPER, Proc, ebsmon, reporterIn} from '../test/helpers/proc';
 import {createContainerRig, createNetRig, waitFor} from '../test/helpers/rig';
 import type {LoopVolume, Teardown} from '../test/helpers/rig';
@@ -50,14 +51,18 @@ export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown
   const procs: Array<Proc> = [];
   const server = new Proc(spawn('ip', ['netns', 'exec', ctr?.ns ?? rig.srv, process.execPath, HELPER('server.mjs'), String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
   procs.push(server);
+  // A service that accepts a query and never answers, on the same reporter: its waiting clients are the socket cutter's.
+  const silent = forwarded ? null : new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('silent.mjs'), String(PORT + 1)], {stdio: ['ignore', 'pipe', 'pipe']}));
+  if (silent !== null)
+    procs.push(silent);
   const monitor = ebsmon(['monitor', `--firewall=${backend}`, `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${TIMEOUT}`, `--recover=${RECOVER}`, '--log-level=info'], {ns: rig.srv});
   procs.push(monitor);
   const lastHeartbeatAt = () => reporterIn(stateDir, 'cycles')?.lastHeartbeatAt ?? NaN;
   const stateOf = () => reporterIn(stateDir, 'cycles')?.state;
   try {
-    await waitFor('the server', () => server.stdout.includes('listening'));
+    await waitFor('the server', () => server.stdout.includes('listening') && (silent === null || silent.stdout.includes('listening')));
     await waitFor('the monitor', () => fs.existsSync(path.join(stateDir, 'state.json')));
-    const reporter = ebsmon(['report', `--monitor=${watched}`, `--ports=${PORT}`, `--fifo=${fifo}`, `--interval=${INTERVAL}`, '--probe-timeout=1']);
+    const reporter = ebsmon(['report', `--monitor=${watched}`, `--ports=${silent === null ? PORT : `${PORT},${PORT + 1}`}`, `--fifo=${fifo}`, `--interval=${INTERVAL}`, '--probe-timeout=1']);
     procs.push(reporter);
     await waitFor('healthy', () => stateOf() === 'healthy');
     const watcher = new Proc(spawn('ip', ['netns', 'exec', rig.cli, process.execPath, HELPER('watcher.mjs'), rig.srvV4, String(PORT)], {stdio: ['ignore', 'pipe', 'pipe']}));
@@ -71,12 +76,23 @@ export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown
     const deadlineToRefused: Array<number> = [];
     const thawToOk: Array<number> = [];
     const liftToOk: Array<number> = [];
+    const freezeToReset: Array<number> = [];
     for (let cycle = 0; cycle < cycles; cycle++) {
+      const waiting = silent === null ? null : Waiters.start(rig.cli, rig.srvV4, PORT + 1);
+      if (waiting !== null) {
+        procs.push(waiting.proc);
+        await waiting.connected();
+      }
       if (stopMonitor)
         monitor.kill('SIGSTOP');
       const frozenAt = performance.timeOrigin + performance.now();
+      const frozenNs = nowNs();
       volume.freeze();
       try {
+        if (waiting !== null) {
+          const reset = await waitFor('the waiting client reset', () => waiting.ends()[0], 30_000, 2);
+          freezeToReset.push(ms(reset.ns - frozenNs) - TIMEOUT * 1000);
+        }
         // The kernel says when the deadline is (the monitor's snapshot is stale while it is stopped),
         // once the last heartbeat before the freeze has been re-armed: within a batch (0.1 s).
         await new Promise(resolve => setTimeout(resolve, 500));
@@ -111,6 +127,10 @@ export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown
     if (deadlineToRefused.length > 0) {
       out.kernelDeadlineToRefusedMs = stat(deadlineToRefused);
       line('  kernel deadline (nft expires) -> refused', fmt(stat(deadlineToRefused), 'ms'));
+    }
+    if (freezeToReset.length > 0) {
+      out.freezeToWaitingResetMinusTimeoutMs = stat(freezeToReset);
+      line('  freeze -> a waiting client reset, minus --timeout', fmt(stat(freezeToReset), 'ms'));
     }
     line(`  thaw -> remote ok, minus --recover x --interval`, fmt(s3, 'ms'));
     line('  lift decided (monitor log, ms) -> remote ok', fmt(s4, 'ms'));

@@ -10,6 +10,7 @@ import {parseDuration} from '../src/fencing';
 import {encodeMessage} from '../src/heartbeat';
 import {FifoWriter} from '../src/transport';
 import {ebsmonTable} from '../test/helpers/firewall';
+import {Waiters, ms, nowNs} from '../test/helpers/cutter';
 import {HungDisk, copyIntoUsrOverlay} from '../test/helpers/hang';
 import {HELPER, Proc, ebsmon, reporterIn, scrubbedEnv} from '../test/helpers/proc';
 import {EBSMON, createNetRig, descendants, sh, waitFor} from '../test/helpers/rig';
@@ -34,16 +35,19 @@ function server(rig: NetRig, ports: Array<number>): Proc {
 /**
  * The monitor's node, nft, bash and libraries, /etc and its log on a disk
  * that stops answering (as the hung-root test sets it up): kernel deadline
- * -> remote refused, and hang -> refused minus --timeout, over several hangs.
+ * -> remote refused, and hang -> refused minus --timeout, over several hangs;
+ * and a client that sent its query to a service that never answers: hang ->
+ * its reset minus --timeout, with the monitor running (on the hung disk) and
+ * SIGSTOPped, cycles alternating.
  */
-export async function hungDiskCycles(dir: string, teardown: Teardown, cycles = 5): Promise<void> {
+export async function hungDiskCycles(dir: string, teardown: Teardown, cycles = 6): Promise<void> {
   const TIMEOUT = 2;
   const rig = createNetRig(teardown);
   const disk = await HungDisk.create(path.join(dir, 'hung'), teardown);
   const d = disk.mountpoint;
   for (const sub of ['usr-up', 'usr-work', 'etc-up', 'etc-work', 'data/www', 'log'])
     fs.mkdirSync(path.join(d, sub), {recursive: true});
-  copyIntoUsrOverlay(path.join(d, 'usr-up'), ['/usr/bin/node', '/usr/sbin/nft', '/usr/bin/bash', '/usr/bin/setsid', '/usr/bin/mkfifo', '/usr/bin/ss', '/usr/bin/env']);
+  copyIntoUsrOverlay(path.join(d, 'usr-up'), ['/usr/bin/node', '/usr/bin/perl', '/usr/sbin/nft', '/usr/bin/bash', '/usr/bin/setsid', '/usr/bin/mkfifo', '/usr/bin/ss', '/usr/bin/env']);
   sh(['cp', '-a', '/etc/.', path.join(d, 'etc-up')]);
   fs.copyFileSync(EBSMON, path.join(d, 'ebsmon'));
   const run = path.join(dir, 'hung', 'run');
@@ -51,33 +55,48 @@ export async function hungDiskCycles(dir: string, teardown: Teardown, cycles = 5
   sh(['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', run]);
   teardown.add(['umount', '-l', run]);
   const PORT = 7400;
-  const procs: Array<Proc> = [server(rig, [PORT])];
+  const SILENT = PORT + 1;
+  const procs: Array<Proc> = [server(rig, [PORT]), new Proc(spawn('ip', ['netns', 'exec', rig.srv, process.execPath, HELPER('silent.mjs'), String(SILENT)], {stdio: ['ignore', 'pipe', 'pipe']}))];
   try {
-    await waitFor('the server', () => procs[0]!.stdout.includes('listening'));
+    await waitFor('the server', () => procs[0]!.stdout.includes('listening') && procs[1]!.stdout.includes('listening'));
     const script = [
       `mount -t overlay overlay -o lowerdir=/usr,upperdir=${d}/usr-up,workdir=${d}/usr-work /usr`,
       `mount -t overlay overlay -o lowerdir=/etc,upperdir=${d}/etc-up,workdir=${d}/etc-work /etc`,
       `exec /usr/bin/node --max-semi-space-size=2 ${d}/ebsmon monitor --firewall=nftables --fifo=${run}/ebsmon.fifo --state-dir=${run} --timeout=${TIMEOUT} --recover=2 --logfile=${d}/log/monitor.log`,
     ].join(' && ');
-    procs.push(new Proc(spawn('ip', ['netns', 'exec', rig.srv, 'unshare', '--mount', '--propagation', 'private', '--', 'bash', '--norc', '-c', script], {stdio: 'ignore', env: scrubbedEnv()})));
+    const monitor = new Proc(spawn('ip', ['netns', 'exec', rig.srv, 'unshare', '--mount', '--propagation', 'private', '--', 'bash', '--norc', '-c', script], {stdio: 'ignore', env: scrubbedEnv()}));
+    procs.push(monitor);
     await waitFor('the monitor', () => fs.existsSync(path.join(run, 'state.json')), 30_000);
-    procs.push(ebsmon(['report', `--monitor=${d}/data/www`, `--ports=${PORT}`, `--fifo=${run}/ebsmon.fifo`, '--interval=0.2', '--probe-timeout=0.5']));
+    procs.push(ebsmon(['report', `--monitor=${d}/data/www`, `--ports=${PORT},${SILENT}`, `--fifo=${run}/ebsmon.fifo`, '--interval=0.2', '--probe-timeout=0.5']));
     await waitFor('healthy', () => reporterIn(run, 'www')?.state === 'healthy', 30_000);
     const watch = watcher(rig, PORT);
     procs.push(watch);
     await waitFor('the watcher connecting', () => changes(watch).at(-1)?.state === 'ok');
     const hangToRefused: Array<number> = [];
     const deadlineToRefused: Array<number> = [];
+    const hangToReset: Record<'running' | 'stopped', Array<number>> = {running: [], stopped: []};
     for (let cycle = 0; cycle < cycles; cycle++) {
+      const mode = cycle % 2 === 0 ? 'running' : 'stopped';
+      const waiting = Waiters.start(rig.cli, rig.srvV4, SILENT);
+      procs.push(waiting.proc);
+      await waiting.connected();
       const hungAt = now();
+      const hungNs = nowNs();
       disk.hang();
+      if (mode === 'stopped')
+        monitor.kill('SIGSTOP');
       try {
-        await sleep(500);
-        const deadline = kernelDeadline(rig.srv, PORT);
-        const refused = await waitFor('refused', () => changes(watch).find(c => c.t >= hungAt && c.state === 'refused'), 30_000, 2);
-        hangToRefused.push(refused.t - hungAt - TIMEOUT * 1000);
-        deadlineToRefused.push(refused.t - deadline);
+        const reset = await waitFor('the waiting client reset', () => waiting.ends()[0], 30_000, 2);
+        hangToReset[mode].push(ms(reset.ns - hungNs) - TIMEOUT * 1000);
+        if (mode === 'running') {
+          const deadline = kernelDeadline(rig.srv, PORT);
+          const refused = await waitFor('refused', () => changes(watch).find(c => c.t >= hungAt && c.state === 'refused'), 30_000, 2);
+          hangToRefused.push(refused.t - hungAt - TIMEOUT * 1000);
+          deadlineToRefused.push(refused.t - deadline);
+        }
       } finally {
+        if (mode === 'stopped')
+          monitor.kill('SIGCONT');
         disk.resume();
       }
       const resumedAt = now();
@@ -87,7 +106,10 @@ export async function hungDiskCycles(dir: string, teardown: Teardown, cycles = 5
     const [a, b] = [stat(hangToRefused), stat(deadlineToRefused)];
     line(`[every disk hung] hang -> refused, minus --timeout=${TIMEOUT}`, fmt(a, 'ms'));
     line('  kernel deadline (nft expires) -> refused', fmt(b, 'ms'));
-    results.hungDisk = {cycles, timeout: TIMEOUT, hangToRefusedMinusTimeoutMs: a, kernelDeadlineToRefusedMs: b};
+    const [c, e] = [stat(hangToReset.running), stat(hangToReset.stopped)];
+    line('[every disk hung] hang -> waiting client reset, minus --timeout', fmt(c, 'ms'));
+    line('  the same, the monitor SIGSTOPped at the hang', fmt(e, 'ms'));
+    results.hungDisk = {cycles, timeout: TIMEOUT, hangToRefusedMinusTimeoutMs: a, kernelDeadlineToRefusedMs: b, hangToWaitingResetMinusTimeoutMs: c, stoppedMonitorHangToWaitingResetMinusTimeoutMs: e};
   } finally {
     disk.resume();
     for (const proc of procs.reverse())

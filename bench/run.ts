@@ -14,6 +14,7 @@ import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
 import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
 import {EBSMON, LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/helpers/rig';
 
+import {cutterFigures} from './cutter';
 import {freezeThawCycles} from './cycles';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
@@ -333,6 +334,7 @@ async function main(): Promise<void> {
         await freezeThawCycles(volume, dir, teardown, {backend: 'iptables'});
       }],
       ['hung', () => hungDiskCycles(dir, teardown)],
+      ['cutter', () => cutterFigures(dir, teardown)],
       ['many', () => manyAtOnce(dir, teardown)],
       ['footprint', () => monitorFootprint(dir, teardown, seconds('BENCH_STEADY_SECONDS', 60))],
       ['latency', () => packetPathLatency(dir, teardown)],
