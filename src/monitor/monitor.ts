@@ -214,9 +214,15 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions, sig
     onReject: rejection => limited.log('warn', `reject:${rejection.reason}`, `dropped a FIFO line (${rejection.reason}): ${rejection.detail}`, {reason: rejection.reason}),
   });
 
+  // iptables has no outbound chain of ebsmon's: a reporter's --isolate cannot be honoured there. Said once per reporter.
+  const isolationRefused = new Set<string>();
   const handle = (message: Message) => {
     switch (message.kind) {
       case 'heartbeat':
+        if (!firewall.holdsDeadlines && message.isolate !== undefined && !isolationRefused.has(message.name)) {
+          isolationRefused.add(message.name);
+          logger.warn(`${message.name} asks that this host be cut from port(s) ${message.isolate.join(',')} while fenced, but --firewall=iptables does not isolate: only its own ports are fenced, and a fenced node can still reach its coordinator (use nftables)`, {reporter: message.name});
+        }
         registry.heartbeat(message);
         break;
       case 'failing':
