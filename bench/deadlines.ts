@@ -86,10 +86,15 @@ export async function hungDiskCycles(dir: string, teardown: Teardown, cycles = 6
       if (mode === 'stopped')
         monitor.kill('SIGSTOP');
       try {
+        // The kernel says when the deadline is, once the last heartbeat before the hang has been re-armed (within a batch).
+        let deadline = NaN;
+        if (mode === 'running') {
+          await sleep(500);
+          deadline = kernelDeadline(rig.srv, PORT);
+        }
         const reset = await waitFor('the waiting client reset', () => waiting.ends()[0], 30_000, 2);
         hangToReset[mode].push(ms(reset.ns - hungNs) - TIMEOUT * 1000);
         if (mode === 'running') {
-          const deadline = kernelDeadline(rig.srv, PORT);
           const refused = await waitFor('refused', () => changes(watch).find(c => c.t >= hungAt && c.state === 'refused'), 30_000, 2);
           hangToRefused.push(refused.t - hungAt - TIMEOUT * 1000);
           deadlineToRefused.push(refused.t - deadline);
