@@ -89,14 +89,14 @@ export async function freezeThawCycles(volume: LoopVolume, dir: string, teardown
       const frozenNs = nowNs();
       volume.freeze();
       try {
-        if (waiting !== null) {
-          const reset = await waitFor('the waiting client reset', () => waiting.ends()[0], 30_000, 2);
-          freezeToReset.push(ms(reset.ns - frozenNs) - TIMEOUT * 1000);
-        }
         // The kernel says when the deadline is (the monitor's snapshot is stale while it is stopped),
         // once the last heartbeat before the freeze has been re-armed: within a batch (0.1 s).
         await new Promise(resolve => setTimeout(resolve, 500));
         const deadline = backend === 'nftables' ? kernelDeadline(rig.srv, PORT) : NaN;
+        if (waiting !== null) {
+          const reset = await waitFor('the waiting client reset', () => waiting.ends()[0], 30_000, 2);
+          freezeToReset.push(ms(reset.ns - frozenNs) - TIMEOUT * 1000);
+        }
         const refused = await waitFor('refused', () => firstSince('refused', frozenAt), 30_000, 2);
         freezeToRefused.push(refused.t - frozenAt - TIMEOUT * 1000);
         if (!stopMonitor)
