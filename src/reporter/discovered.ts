@@ -19,7 +19,7 @@ export type DiscoveredDeps = {
   watch: (pin: PathPin) => void;
   unwatch: (path: string) => void;
   unwatched: (list: Array<Unwatched>) => void;
-  log: (level: 'info' | 'warn', message: string, fields: Record<string, unknown>) => void;
+  log: (level: 'debug' | 'info' | 'warn', message: string, fields: Record<string, unknown>) => void;
 };
 
 /**
@@ -51,6 +51,7 @@ export class Discovered {
         this.dispatch({type: 'scan-failed', reason: outcome.reason});
         return;
       }
+      this.deps.log('debug', 'discovery: scan done', {processes: outcome.processes, volumes: outcome.volumes.map(v => v.device).join(',')});
       const table = this.deps.mounts();
       const volumes: Array<FoundVolume> = outcome.volumes.map(volume => {
         // The same filesystem in this namespace: its whole root if mounted so, else any bind of it.

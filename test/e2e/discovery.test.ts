@@ -7,7 +7,7 @@ import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {HungDisk} from '../helpers/hang';
-import {listen, logged} from '../helpers/listen';
+import {countLogged, listen, logged} from '../helpers/listen';
 import {ebsmon} from '../helpers/proc';
 import type {Proc} from '../helpers/proc';
 import {LoopVolume, Teardown, descendants, isRoot, processState, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
@@ -174,17 +174,18 @@ describe('ebsmon report finds the volumes a service writes to', {skip: !isRoot &
     }});
     const fifo = path.join(dir, 'hung.fifo');
     const monitor = listen(fifo);
-    const reporter = report(fifo, [`--monitor=${data.mountpoint}`, `--pid=${pid}`]);
+    const reporter = report(fifo, [`--monitor=${data.mountpoint}`, `--pid=${pid}`, '--log-level=debug']);
     try {
       await waitFor('a heartbeat', () => monitor.beats().length >= 1);
       disk.hang();
       fs.writeFileSync(go, 'go\n');
       await waitFor('the service stuck in D state', () => processState(pid) === 'D', 10_000);
-      const before = monitor.beats().length;
-      await waitFor('a heartbeat naming the hung disk\'s journal, from a scan of the stuck service', () => monitor.beats().slice(before).some(b => b.unwatched?.some(u => u.file === journal)), 20_000)
-        .catch(e => { console.error(reporter.stderr.slice(-3000)); throw e; });
+      const scans = () => countLogged(reporter, /^discovery: scan done$/);
+      const scanned = scans();
+      await waitFor('three scans done with the service in D state', () => scans() >= scanned + 3, 20_000).catch(e => { console.error(reporter.stderr.slice(-3000)); throw e; });
       assert.equal(processState(pid), 'D', 'still stuck after it was scanned');
-      // Several scans on (the discover interval is 0.5 s), the reporter's loop still runs: heartbeats of the data volume keep coming.
+      assert.ok(monitor.beats().slice(-1).some(b => b.unwatched?.some(u => u.file === journal)), 'the hung disk\'s journal is named as not watched');
+      // The reporter's loop still runs: heartbeats of the data volume keep coming.
       const later = monitor.beats().length;
       await waitFor('more heartbeats', () => monitor.beats().length >= later + 5, 10_000);
       assert.ok(!logged(reporter, /^discovery: .*took longer/), 'no scan timed out');
