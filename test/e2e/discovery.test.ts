@@ -7,10 +7,12 @@ import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {HungDisk} from '../helpers/hang';
+import {MariaDb} from '../helpers/mariadb';
 import {countLogged, listen, logged} from '../helpers/listen';
-import {ebsmon} from '../helpers/proc';
+import {ebsmon, ebsmonOnce, reporterIn} from '../helpers/proc';
 import type {Proc} from '../helpers/proc';
-import {LoopVolume, Teardown, descendants, isRoot, processState, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
+import {LoopVolume, Teardown, createNetRig, descendants, isRoot, processState, registerChild, requireRoot, sh, waitFor} from '../helpers/rig';
+import type {NetRig} from '../helpers/rig';
 
 /** The source of a mount as /proc/self/mounts (read by the test, not by ebsmon's parser) names it. */
 function deviceNumber(device: string): string {
@@ -193,6 +195,95 @@ describe('ebsmon report finds the volumes a service writes to', {skip: !isRoot &
       disk.resume();
       await reporter.stop();
       monitor.close();
+    }
+  });
+});
+
+describe('MariaDB with its binlog on a second volume, found from its pid file', {skip: !isRoot && (process.env.CI ?? '') === '' ? 'needs root' : false}, () => {
+  let dir: string;
+  let cleanupDir: () => Promise<void>;
+  let teardown: Teardown;
+  let rig: NetRig;
+  let data: LoopVolume;
+  let binlog: LoopVolume;
+  let runDir: string;
+  let db: MariaDb;
+  let stateDir: string;
+  let fifo: string;
+  const procs: Array<Proc> = [];
+
+  before(async () => {
+    ({path: dir, cleanup: cleanupDir} = await tmpDir({unsafeCleanup: true}));
+    teardown = new Teardown(dir);
+    rig = createNetRig(teardown);
+    data = LoopVolume.create(dir, teardown, 256, {name: 'data'});
+    binlog = LoopVolume.create(dir, teardown, 64, {name: 'binlog'});
+    // Socket, pid file, error log and temporary files on a tmpfs of the test's own: a volume discovery skips (memory).
+    runDir = path.join(dir, 'run');
+    fs.mkdirSync(runDir);
+    sh(['mount', '-t', 'tmpfs', '-o', 'size=64m,mode=0755', 'ebsmon-test-run', runDir]);
+    teardown.add(['umount', '-l', runDir]);
+    db = await MariaDb.start(data, runDir, rig.srv, [`--log-bin=${binlog.mountpoint}/mysql-bin`, `--tmpdir=${runDir}`]);
+    procs.push(db.proc);
+    stateDir = path.join(dir, 'ebsmon');
+    fifo = path.join(stateDir, 'ebsmon.fifo');
+    const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--timeout=2', '--recover=2'], {ns: rig.srv});
+    procs.push(monitor);
+    await waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
+  });
+
+  after(async () => {
+    for (const volume of [data, binlog])
+      volume?.thaw();
+    for (const proc of procs.reverse())
+      await proc.stop(60_000);
+    teardown?.dispose();
+    await cleanupDir?.();
+  });
+
+  const pidFile = () => path.join(runDir, 'mysqld.pid');
+
+  it('--pid-file alone: both volumes are proven; a freeze of the binlog volume alone fences, the reason naming it', async (t: TestContext) => {
+    requireRoot(t);
+    const reporter = ebsmon(['report', `--pid-file=${pidFile()}`, '--ports=3306', '--name=mariadb', `--fifo=${fifo}`, '--interval=0.5', '--probe-timeout=1', '--discover-interval=1']);
+    procs.push(reporter);
+    const binlogDir = `${binlog.mountpoint}/.ebsmon`;
+    try {
+      await waitFor('the reporter healthy, proving the data and binlog volumes', () => {
+        const r = reporterIn(stateDir, 'mariadb');
+        return r?.state === 'healthy' && (r.paths ?? []).map(p => p.path).sort().join(' ') === `${binlogDir} ${data.mountpoint}/.ebsmon`;
+      }, 60_000).catch(e => { console.error(reporter.stderr.slice(-3000), JSON.stringify(reporterIn(stateDir, 'mariadb'))); throw e; });
+      binlog.freeze();
+      try {
+        await waitFor('fenced', () => reporterIn(stateDir, 'mariadb')?.state === 'fenced', 30_000);
+        await waitFor('the reporter\'s word naming the binlog volume', () => reporterIn(stateDir, 'mariadb')?.failure?.reason.includes(`probe of ${binlogDir} timed out`), 10_000)
+          .catch(e => { console.error(JSON.stringify(reporterIn(stateDir, 'mariadb'))); throw e; });
+        assert.ok(!reporterIn(stateDir, 'mariadb')!.failure!.reason.includes(`${data.mountpoint}/.ebsmon`), 'the data volume is not blamed');
+      } finally {
+        binlog.thaw();
+      }
+      await waitFor('healthy again after the thaw', () => reporterIn(stateDir, 'mariadb')?.state === 'healthy', 30_000);
+    } finally {
+      await reporter.stop();
+    }
+  });
+
+  it('--monitor=datadir beside --pid-file: the binlog volume, not watched, is a warning in ebsmon status and --nagios within a re-scan', async (t: TestContext) => {
+    requireRoot(t);
+    const reporter = ebsmon(['report', `--monitor=${db.datadir}`, `--pid-file=${pidFile()}`, '--ports=3306', '--name=mariadb', `--fifo=${fifo}`, '--interval=0.5', '--probe-timeout=1', '--discover-interval=1']);
+    procs.push(reporter);
+    try {
+      const line = new RegExp(`^ {2}${binlog.mountpoint}/mysql-bin\\.(\\d{6}|index) on ${binlog.device} \\(${deviceNumber(binlog.device)}\\), not watched$`, 'm');
+      const status = await waitFor('the binlog volume named in ebsmon status', async () => {
+        const out = await ebsmonOnce(['status', `--state-dir=${stateDir}`]);
+        return line.test(out.stdout) ? out.stdout : null;
+      }, 20_000).catch(async e => { console.error(reporter.stderr.slice(-3000), (await ebsmonOnce(['status', `--state-dir=${stateDir}`])).stdout); throw e; });
+      assert.match(status, /^mariadb +healthy /m, 'the data volume still proven: healthy, with a warning');
+      const nagios = await ebsmonOnce(['status', `--state-dir=${stateDir}`, '--nagios']);
+      assert.equal(nagios.code, 1, nagios.stdout);
+      assert.match(nagios.stdout, new RegExp(`^WARNING: a volume written but not watched: mariadb: ${binlog.mountpoint}/mysql-bin`));
+    } finally {
+      await reporter.stop();
     }
   });
 });
