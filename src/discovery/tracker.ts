@@ -27,10 +27,11 @@ export type TrackedVolume = {
    * preparing: its probe directory is being made; watched: probed every
    * interval under `path`; covered: a --monitor path is on it; refused: why
    * not (said in the not-watched list), decided again at each scan; failed:
-   * its probe directory could not be made, not tried again until the
-   * volume has gone from the scans and come back
+   * its probe directory could not be made, tried again at the next scan
+   * (`why` stays said meanwhile, so a retry that fails the same way says
+   * nothing new)
    */
-  state: {kind: 'preparing', path: string} | {kind: 'watched', path: string} | {kind: 'covered'} | {kind: 'refused' | 'failed', why: string};
+  state: {kind: 'preparing', path: string, why?: string} | {kind: 'watched', path: string} | {kind: 'covered'} | {kind: 'refused' | 'failed', why: string};
   /** scans in a row that did not find it */
   missed: number;
 };
@@ -118,7 +119,7 @@ export function discoveryStep(life: Discovery, event: DiscoveryEvent): {life: Di
           volumes.set(volume.device, {volume, state: config.covered.has(volume.device) ? {kind: 'covered'} : {kind: 'refused', why: 'no --monitor is on it'}, missed: 0});
           continue;
         }
-        if (tracked !== undefined && (tracked.state.kind === 'preparing' || tracked.state.kind === 'watched' || tracked.state.kind === 'failed'))
+        if (tracked !== undefined && (tracked.state.kind === 'preparing' || tracked.state.kind === 'watched'))
           continue;
         if (volume.here === undefined) {
           volumes.set(volume.device, {volume, state: {kind: 'refused', why: 'not mounted in the reporter\'s mount namespace'}, missed: 0});
@@ -129,7 +130,7 @@ export function discoveryStep(life: Discovery, event: DiscoveryEvent): {life: Di
           continue;
         }
         const path = probeDirFor(volume.here);
-        volumes.set(volume.device, {volume, state: {kind: 'preparing', path}, missed: 0});
+        volumes.set(volume.device, {volume, state: {kind: 'preparing', path, ...(tracked?.state.kind === 'failed' ? {why: tracked.state.why} : {})}, missed: 0});
         effects.push({type: 'prepare', device: volume.device, path, volume});
       }
       break;
@@ -174,6 +175,9 @@ function describeVolume(tracked: TrackedVolume): string {
 /** Every volume written that no path watches, in device order. */
 export function unwatchedList(volumes: ReadonlyMap<string, TrackedVolume>): Array<Unwatched> {
   return [...volumes.values()]
-    .flatMap(v => (v.state.kind === 'refused' || v.state.kind === 'failed' ? [{file: v.volume.file, device: v.volume.device, source: v.volume.mount.source, why: v.state.why}] : []))
+    .flatMap(v => {
+      const why = v.state.kind === 'refused' || v.state.kind === 'failed' || v.state.kind === 'preparing' ? v.state.why : undefined;
+      return why === undefined ? [] : [{file: v.volume.file, device: v.volume.device, source: v.volume.mount.source, why}];
+    })
     .sort((a, b) => a.device.localeCompare(b.device));
 }

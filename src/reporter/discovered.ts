@@ -34,6 +34,8 @@ export class Discovered {
   private stopped = false;
   /** probe directories made and pinned, until the tracker says to watch them */
   private readonly made = new Map<string, PathPin>();
+  /** a probe directory's mkdir still running (a disk that hangs keeps it in the kernel), and why the last one failed */
+  private readonly making = new Map<string, string>();
 
   constructor(private readonly deps: DiscoveredDeps) {
     this.life = initialDiscovery(deps.config);
@@ -94,13 +96,23 @@ export class Discovered {
   }
 
   private prepare(device: string, dir: string, volume: FoundVolume): void {
+    const stuck = this.making.get(dir);
+    if (stuck !== undefined) {
+      // One at a time: the previous attempt is still stuck in the kernel; its failure stands.
+      queueMicrotask(() => this.dispatch({type: 'prepare-failed', device, why: stuck}));
+      return;
+    }
+    this.making.set(dir, 'no answer yet');
     const running = this.deps.startProcess(['env', '-i', `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`, 'LC_ALL=C', 'perl', this.deps.prepareFile, dir, String(os.constants.errno.EEXIST)], {timeoutMs: this.deps.timeoutMs});
+    void running.exited.then(() => this.making.delete(dir));
     void running.result.then(result => {
       if (this.stopped)
         return;
       const match = /^(\d+) (\d+)$/m.exec(result.stdout);
       if (result.timedOut || result.code !== 0 || match === null) {
         const why = result.timedOut ? `no answer within ${(this.deps.timeoutMs / 1000).toFixed(1)} s (does the disk hang?)` : result.stderr.trim().slice(0, 200) || `exit ${result.code ?? result.signal}`;
+        if (this.making.has(dir))
+          this.making.set(dir, why);
         this.dispatch({type: 'prepare-failed', device, why});
         return;
       }

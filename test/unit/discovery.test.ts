@@ -132,6 +132,20 @@ describe('which volumes are watched', () => {
     assert.deepEqual(discoveryStep(stepped.life, {type: 'scanned', volumes: [found('259:1', '/var/lib/mysql/ibdata1', true), found('259:2', '/binlog/b.1', true), found('259:9', '/other/f', false)], processes: 1, what: 'x'}).effects, []);
   });
 
+  it('a probe directory that cannot be made: named once, tried again at each scan, watched once it is made', () => {
+    const volume = found('259:2', '/binlog/b.1', true);
+    const scan = {type: 'scanned' as const, volumes: [volume], processes: 1, what: 'x'};
+    let stepped = discoveryStep(discoveryStep(initialDiscovery(watchConfig), scan).life, {type: 'prepare-failed', device: '259:2', why: 'no answer within 3.0 s (does the disk hang?)'});
+    assert.deepEqual(stepped.effects.map(e => (e.type === 'log' ? e.message : e.type)), ['unwatched', '/binlog/b.1 on /dev/x2592, not watched: cannot make its probe directory: no answer within 3.0 s (does the disk hang?)']);
+    stepped = discoveryStep(stepped.life, scan);
+    assert.deepEqual(stepped.effects, [{type: 'prepare', device: '259:2', path: '/srv/binlog/.ebsmon', volume}], 'tried again, nothing said again');
+    stepped = discoveryStep(stepped.life, {type: 'prepare-failed', device: '259:2', why: 'no answer within 3.0 s (does the disk hang?)'});
+    assert.deepEqual(stepped.effects, []);
+    stepped = discoveryStep(discoveryStep(stepped.life, scan).life, {type: 'prepared', device: '259:2', path: '/srv/binlog/.ebsmon'});
+    assert.deepEqual(stepped.effects.map(e => e.type), ['watch', 'log', 'unwatched']);
+    assert.deepEqual(stepped.effects[2], {type: 'unwatched', list: []});
+  });
+
   it('with --monitor paths, watches nothing itself and names each written volume no --monitor is on', () => {
     const life = initialDiscovery({mode: 'warn', graceScans: 3, maxPaths: 8, covered: new Set(['259:1'])});
     const stepped = discoveryStep(life, {type: 'scanned', volumes: [found('259:1', '/var/lib/mysql/ibdata1', true), found('259:2', '/binlog/mysql-bin.000042', true)], processes: 1, what: 'x'});
