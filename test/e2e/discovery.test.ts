@@ -157,6 +157,43 @@ describe('ebsmon report finds the volumes a service writes to', {skip: !isRoot &
     }
   });
 
+  it('--unit: every process of the unit\'s cgroup and the cgroups under it, parent or not', async (t: TestContext) => {
+    requireRoot(t);
+    // A unit's cgroup as systemd makes it (no systemd here, and no service of the host): on the unified hierarchy, removed after.
+    const root = fs.existsSync('/sys/fs/cgroup/unified/cgroup.procs') ? '/sys/fs/cgroup/unified' : '/sys/fs/cgroup';
+    const slice = path.join(root, 'system.slice');
+    const unit = `ebsmon-test-${process.pid}.service`;
+    const cgroup = path.join(slice, unit);
+    const sub = path.join(cgroup, 'worker');
+    const madeSlice = !fs.existsSync(slice);
+    fs.mkdirSync(sub, {recursive: true});
+    const first = startService([path.join(data.mountpoint, 'ibdata1')], [], []);
+    const second = startService([path.join(binlog.mountpoint, 'mysql-bin.000044')], [], []);
+    services.push(first, second);
+    const fifo = path.join(dir, 'unit.fifo');
+    const monitor = listen(fifo);
+    let reporter: Proc | undefined;
+    try {
+      // Two processes unrelated to each other: one in the unit's cgroup, one in a cgroup under it.
+      fs.writeFileSync(path.join(cgroup, 'cgroup.procs'), String(first.pid));
+      fs.writeFileSync(path.join(sub, 'cgroup.procs'), String(second.pid));
+      reporter = report(fifo, [`--unit=${unit}`]);
+      await waitFor('a heartbeat proving both volumes', () => monitor.beats().some(b => (b.paths ?? []).length === 2)).catch(e => { console.error(reporter!.stderr.slice(-3000)); throw e; });
+      const beat = monitor.beats().find(b => (b.paths ?? []).length === 2)!;
+      assert.deepEqual(beat.paths!.map(p => p.path).sort(), [`${binlog.mountpoint}/.ebsmon`, `${data.mountpoint}/.ebsmon`]);
+    } finally {
+      await reporter?.stop();
+      monitor.close();
+      first.stop();
+      second.stop();
+      await waitFor('the unit\'s cgroups empty', () => fs.readFileSync(path.join(cgroup, 'cgroup.procs'), 'utf8') === '' && fs.readFileSync(path.join(sub, 'cgroup.procs'), 'utf8') === '', 10_000);
+      fs.rmdirSync(sub);
+      fs.rmdirSync(cgroup);
+      if (madeSlice)
+        fs.rmdirSync(slice);
+    }
+  });
+
   it('a service stuck in D state on a hung disk: its scan still completes, names the hung disk\'s file, and heartbeats go on', async (t: TestContext) => {
     requireRoot(t);
     const disk = await HungDisk.create(path.join(dir, 'hung'), teardown, 64);
