@@ -98,18 +98,17 @@ print "end\n";
 `;
 
 /**
- * Makes a watched volume's probe directory: `perl FILE DIR EEXIST`. mkdir
- * 0700 (an existing one is kept), then lstat without following: it must be
- * a directory (not a link planted there), owned by this user, writable by no
- * one else. Prints "DEV INO" (the reporter checks the device is the volume's
- * and pins the directory as it pins a --monitor one), or why not.
+ * Pins a watched volume's probe directory, the root of its mount: `perl FILE
+ * DIR`. lstat without following (a directory, not a link), and writable by
+ * this user (access(2): a read-only mount says so). Prints "DEV INO": the
+ * reporter checks the device is the volume's and pins the directory as it
+ * pins a --monitor one. A child does it, as stat on a disk that hangs must
+ * not stall the reporter.
  */
-export const PREPARE_SCRIPT = String.raw`
-my ($dir, $EEXIST) = @ARGV;
-mkdir($dir, 0700) or $! == $EEXIST or die "mkdir $dir: $!\n";
+export const PIN_SCRIPT = String.raw`
+my ($dir) = @ARGV;
 my @l = lstat $dir or die "lstat $dir: $!\n";
-($l[2] & 0170000) == 0040000 or die "$dir is not a directory (something else was there)\n";
-$l[4] == $> or die "$dir is owned by uid $l[4], not by this user ($>)\n";
-($l[2] & 022) == 0 or die sprintf("%s is writable by others (mode %o)\n", $dir, $l[2] & 07777);
+($l[2] & 0170000) == 0040000 or die "$dir is not a directory\n";
+-w $dir or die "$dir is not writable: $!\n";
 print "$l[0] $l[1]\n";
 `;

@@ -4,7 +4,7 @@ import type {WrittenVolume} from './scan';
 /**
  * Which of the volumes a service writes to are watched: a pure step over
  * scans, like the reporter's lifecycle. `watch` mode (no --monitor) gives
- * each volume found a probe directory of its own and watches it; `warn` mode
+ * each volume found and watches it at the root of its mount; `warn` mode
  * (--monitor given) watches only what the operator listed and names every
  * written volume none of them covers.
  */
@@ -24,10 +24,10 @@ export type FoundVolume = WrittenVolume & {here?: MountEntry};
 export type TrackedVolume = {
   volume: FoundVolume;
   /**
-   * preparing: its probe directory is being made; watched: probed every
+   * preparing: its probe directory is being pinned; watched: probed every
    * interval under `path`; covered: a --monitor path is on it; refused: why
    * not (said in the not-watched list), decided again at each scan; failed:
-   * its probe directory could not be made, tried again at the next scan
+   * its probe directory could not be pinned, tried again at the next scan
    * (`why` stays said meanwhile, so a retry that fails the same way says
    * nothing new)
    */
@@ -57,7 +57,7 @@ export type DiscoveryEvent =
   | {type: 'prepare-failed', device: string, why: string};
 
 export type DiscoveryEffect =
-  /** make `path` (the probe directory) on the volume, then say prepared or prepare-failed */
+  /** pin `path` (the probe directory) on the volume, then say prepared or prepare-failed */
   | {type: 'prepare', device: string, path: string, volume: FoundVolume}
   | {type: 'watch', device: string, path: string, volume: FoundVolume}
   | {type: 'unwatch', device: string, path: string}
@@ -65,9 +65,14 @@ export type DiscoveryEffect =
   | {type: 'unwatched', list: Array<Unwatched>}
   | {type: 'log', level: 'info' | 'warn', message: string, fields: Record<string, unknown>};
 
-/** Where a volume's probe directory goes: `.ebsmon` at the root of its mount in the reporter's namespace. */
+/**
+ * Where a volume is probed: the root of its mount in the reporter's
+ * namespace, which always exists. Not a directory of ebsmon's own there:
+ * MariaDB lists every directory of its data directory as a database, and
+ * the data directory is often a mount's root.
+ */
 export function probeDirFor(here: MountEntry): string {
-  return here.mountPoint === '/' ? '/.ebsmon' : `${here.mountPoint}/.ebsmon`;
+  return here.mountPoint;
 }
 
 export function initialDiscovery(config: DiscoveryConfig): Discovery {
@@ -152,7 +157,7 @@ export function discoveryStep(life: Discovery, event: DiscoveryEvent): {life: Di
       const tracked = volumes.get(event.device);
       if (tracked?.state.kind !== 'preparing')
         break;
-      volumes.set(event.device, {...tracked, state: {kind: 'failed', why: `cannot make its probe directory: ${event.why}`}});
+      volumes.set(event.device, {...tracked, state: {kind: 'failed', why: `cannot probe at the root of its mount: ${event.why}`}});
       break;
     }
   }

@@ -1,5 +1,3 @@
-import os from 'node:os';
-
 import {Scanner, describeTarget, discoveryStep, initialDiscovery} from '../discovery';
 import type {Discovery, DiscoveryConfig, DiscoveryEffect, DiscoveryEvent, FoundVolume, ScanTarget, Unwatched} from '../discovery';
 import type {MountEntry} from '../mounts';
@@ -11,7 +9,7 @@ export type DiscoveredDeps = {
   target: ScanTarget;
   config: DiscoveryConfig;
   scanFile: string;
-  prepareFile: string;
+  pinFile: string;
   timeoutMs: number;
   startProcess: ProcessStarter;
   /** the reporter's own mount table (procfs) */
@@ -25,7 +23,7 @@ export type DiscoveredDeps = {
 /**
  * Discovery carried out: a scan on each call of `scan()` (one at a time),
  * its answer stepped through the tracker (discovery/tracker.ts), and each
- * new volume's probe directory made by a child (mkdir on a disk that hangs
+ * new volume's probe directory pinned by a child (stat on a disk that hangs
  * must not stall this loop) before the reporter watches it.
  */
 export class Discovered {
@@ -34,7 +32,7 @@ export class Discovered {
   private stopped = false;
   /** probe directories made and pinned, until the tracker says to watch them */
   private readonly made = new Map<string, PathPin>();
-  /** a probe directory's mkdir still running (a disk that hangs keeps it in the kernel), and why the last one failed */
+  /** a probe directory's pin still running (a disk that hangs keeps it in the kernel), and why the last one failed */
   private readonly making = new Map<string, string>();
 
   constructor(private readonly deps: DiscoveredDeps) {
@@ -103,7 +101,7 @@ export class Discovered {
       return;
     }
     this.making.set(dir, 'no answer yet');
-    const running = this.deps.startProcess(['env', '-i', `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`, 'LC_ALL=C', 'perl', this.deps.prepareFile, dir, String(os.constants.errno.EEXIST)], {timeoutMs: this.deps.timeoutMs});
+    const running = this.deps.startProcess(['env', '-i', `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`, 'LC_ALL=C', 'perl', this.deps.pinFile, dir], {timeoutMs: this.deps.timeoutMs});
     void running.exited.then(() => this.making.delete(dir));
     void running.result.then(result => {
       if (this.stopped)

@@ -5,7 +5,7 @@ import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
 import {readMountTable} from '../mounts';
 import type {CheckSpec} from '../probe';
-import {PREPARE_SCRIPT, SCAN_SCRIPT} from '../discovery';
+import {PIN_SCRIPT, SCAN_SCRIPT} from '../discovery';
 import type {ScanTarget, Unwatched} from '../discovery';
 import {MAX_PATHS} from '../heartbeat';
 import type {PathPin} from '../probe';
@@ -171,12 +171,12 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   if (options.discover !== undefined) {
     const scanFile = path.join(runtime.dir, 'scan.pl');
     fs.writeFileSync(scanFile, SCAN_SCRIPT, {mode: 0o600});
-    const prepareFile = path.join(runtime.dir, 'prepare.pl');
-    fs.writeFileSync(prepareFile, PREPARE_SCRIPT, {mode: 0o600});
+    const pinFile = path.join(runtime.dir, 'pin.pl');
+    fs.writeFileSync(pinFile, PIN_SCRIPT, {mode: 0o600});
     discovered = new Discovered({
       target: options.discover.target,
       config: {mode: pins.length === 0 ? 'watch' : 'warn', graceScans: DISCOVERY_GRACE_SCANS, maxPaths: MAX_PATHS, covered: new Set(pins.map(pin => pin.mount.device))},
-      scanFile, prepareFile, timeoutMs: probeTimeout * 1000,
+      scanFile, pinFile, timeoutMs: probeTimeout * 1000,
       startProcess: (argv, runOptions) => helper.run(argv, runOptions),
       mounts: () => mounts.table(),
       watch: pin => {

@@ -92,8 +92,8 @@ describe('ebsmon report finds the volumes a service writes to', {skip: !isRoot &
     const monitor = listen(fifo);
     const reporter = report(fifo, [`--pid-file=${pidFile}`]);
     try {
-      const dataDir = `${data.mountpoint}/.ebsmon`;
-      const binlogDir = `${binlog.mountpoint}/.ebsmon`;
+      const dataDir = data.mountpoint;
+      const binlogDir = binlog.mountpoint;
       await waitFor('a heartbeat proving both volumes', () => monitor.beats().some(b => (b.paths ?? []).length === 2)).catch(e => { console.error(reporter.stderr.slice(-3000)); throw e; });
       const beat = monitor.beats().find(b => (b.paths ?? []).length === 2)!;
       assert.deepEqual(beat.paths!.map(p => [p.path, p.device, p.source]).sort(), [
@@ -101,15 +101,17 @@ describe('ebsmon report finds the volumes a service writes to', {skip: !isRoot &
         [dataDir, deviceNumber(data.device), data.device],
       ]);
       assert.ok(logged(reporter, new RegExp(`^discovery: ${binlogFile} is written on ${binlog.mountpoint} \\(${binlog.device}, ext4, ${deviceNumber(binlog.device)}\\): watching it in ${binlogDir}$`)));
-      const st = fs.lstatSync(binlogDir);
-      assert.deepEqual([st.isDirectory(), st.mode & 0o777, st.uid], [true, 0o700, 0]);
+      // Probed at the root of the mount: the probe file, and no directory of ebsmon's own among the service's files.
+      const st = fs.lstatSync(`${binlogDir}/.ebsmon-probe-svc`);
+      assert.deepEqual([st.isFile(), st.uid], [true, 0]);
+      assert.deepEqual(fs.readdirSync(binlogDir).sort(), ['.ebsmon-probe-svc', 'lost+found', 'mysql-bin.000042']);
       assert.ok(!reporter.logs().some(l => String(l.message).includes(readOnly.mountpoint)), 'a volume only read is not watched');
 
       binlog.freeze();
       try {
         const count = monitor.beats().length;
         await waitFor('failing, naming the binlog volume', () => monitor.messages.find(m => m.kind === 'failing' && m.reason.includes(`probe of ${binlogDir} timed out`)));
-        assert.ok(!monitor.messages.some(m => m.kind === 'failing' && m.reason.includes(dataDir)), 'the data volume is not blamed');
+        assert.ok(!monitor.messages.some(m => m.kind === 'failing' && m.reason.includes(`probe of ${dataDir} `)), 'the data volume is not blamed');
         await waitFor('no heartbeat for 2 s', async () => {
           await new Promise(resolve => setTimeout(resolve, 2000));
           return true;
@@ -137,7 +139,7 @@ describe('ebsmon report finds the volumes a service writes to', {skip: !isRoot &
   it('--monitor beside --pid: a written volume no --monitor covers is named, with its file, in the log and in every heartbeat', async (t: TestContext) => {
     requireRoot(t);
     const binlogFile = path.join(binlog.mountpoint, 'mysql-bin.000043');
-    fs.rmSync(`${binlog.mountpoint}/.ebsmon`, {recursive: true, force: true});
+    fs.rmSync(`${binlog.mountpoint}/.ebsmon-probe-svc`, {force: true});
     const service = startService([path.join(data.mountpoint, 'ibdata1'), binlogFile], [], []);
     services.push(service);
     const fifo = path.join(dir, 'warn.fifo');
@@ -149,7 +151,7 @@ describe('ebsmon report finds the volumes a service writes to', {skip: !isRoot &
       assert.deepEqual(beat.unwatched, [{file: binlogFile, device: deviceNumber(binlog.device), source: binlog.device}]);
       assert.deepEqual(beat.paths!.map(p => p.path), [data.mountpoint], 'discovery adds no path of its own beside --monitor');
       assert.ok(logged(reporter, new RegExp(`^${binlogFile} on ${binlog.device}, not watched: no --monitor is on it$`)));
-      assert.ok(!fs.existsSync(`${binlog.mountpoint}/.ebsmon`), 'no probe directory where nothing is watched');
+      assert.ok(!fs.existsSync(`${binlog.mountpoint}/.ebsmon-probe-svc`), 'no probe where nothing is watched');
     } finally {
       await reporter.stop();
       monitor.close();
@@ -180,7 +182,7 @@ describe('ebsmon report finds the volumes a service writes to', {skip: !isRoot &
       reporter = report(fifo, [`--unit=${unit}`]);
       await waitFor('a heartbeat proving both volumes', () => monitor.beats().some(b => (b.paths ?? []).length === 2)).catch(e => { console.error(reporter!.stderr.slice(-3000)); throw e; });
       const beat = monitor.beats().find(b => (b.paths ?? []).length === 2)!;
-      assert.deepEqual(beat.paths!.map(p => p.path).sort(), [`${binlog.mountpoint}/.ebsmon`, `${data.mountpoint}/.ebsmon`]);
+      assert.deepEqual(beat.paths!.map(p => p.path).sort(), [binlog.mountpoint, data.mountpoint]);
     } finally {
       await reporter?.stop();
       monitor.close();
@@ -284,18 +286,18 @@ describe('MariaDB with its binlog on a second volume, found from its pid file', 
     requireRoot(t);
     const reporter = ebsmon(['report', `--pid-file=${pidFile()}`, '--ports=3306', '--name=mariadb', `--fifo=${fifo}`, '--interval=0.5', '--probe-timeout=1', '--discover-interval=1']);
     procs.push(reporter);
-    const binlogDir = `${binlog.mountpoint}/.ebsmon`;
+    const binlogDir = binlog.mountpoint;
     try {
       await waitFor('the reporter healthy, proving the data and binlog volumes', () => {
         const r = reporterIn(stateDir, 'mariadb');
-        return r?.state === 'healthy' && (r.paths ?? []).map(p => p.path).sort().join(' ') === `${binlogDir} ${data.mountpoint}/.ebsmon`;
+        return r?.state === 'healthy' && (r.paths ?? []).map(p => p.path).sort().join(' ') === `${binlogDir} ${data.mountpoint}`;
       }, 60_000).catch(e => { console.error(reporter.stderr.slice(-3000), JSON.stringify(reporterIn(stateDir, 'mariadb'))); throw e; });
       binlog.freeze();
       try {
         await waitFor('fenced', () => reporterIn(stateDir, 'mariadb')?.state === 'fenced', 30_000);
         await waitFor('the reporter\'s word naming the binlog volume', () => reporterIn(stateDir, 'mariadb')?.failure?.reason.includes(`probe of ${binlogDir} timed out`), 10_000)
           .catch(e => { console.error(JSON.stringify(reporterIn(stateDir, 'mariadb'))); throw e; });
-        assert.ok(!reporterIn(stateDir, 'mariadb')!.failure!.reason.includes(`${data.mountpoint}/.ebsmon`), 'the data volume is not blamed');
+        assert.ok(!reporterIn(stateDir, 'mariadb')!.failure!.reason.includes(`probe of ${data.mountpoint} `), 'the data volume is not blamed');
       } finally {
         binlog.thaw();
       }

@@ -76,9 +76,9 @@ function found(device: string, file: string, here: boolean): FoundVolume {
 describe('which volumes are watched', () => {
   const watchConfig: DiscoveryConfig = {mode: 'watch', graceScans: 3, maxPaths: 8, covered: new Set()};
 
-  it('puts the probe directory at the root of the volume\'s mount here', () => {
-    assert.equal(probeDirFor(HERE[1]!), '/var/lib/mysql/.ebsmon');
-    assert.equal(probeDirFor(HERE[0]!), '/.ebsmon');
+  it('probes at the root of the volume\'s mount here', () => {
+    assert.equal(probeDirFor(HERE[1]!), '/var/lib/mysql');
+    assert.equal(probeDirFor(HERE[0]!), '/');
   });
 
   it('watches a volume once its directory is made, and drops it after the grace scans', () => {
@@ -86,10 +86,10 @@ describe('which volumes are watched', () => {
     const volume = found('259:2', '/binlog/mysql-bin.000042', true);
     let stepped = discoveryStep(life, {type: 'scanned', volumes: [volume], processes: 1, what: 'pid 812'});
     assert.deepEqual(stepped.effects.map(e => e.type), ['prepare']);
-    assert.deepEqual(stepped.effects[0], {type: 'prepare', device: '259:2', path: '/srv/binlog/.ebsmon', volume});
-    stepped = discoveryStep(stepped.life, {type: 'prepared', device: '259:2', path: '/srv/binlog/.ebsmon'});
+    assert.deepEqual(stepped.effects[0], {type: 'prepare', device: '259:2', path: '/srv/binlog', volume});
+    stepped = discoveryStep(stepped.life, {type: 'prepared', device: '259:2', path: '/srv/binlog'});
     assert.deepEqual(stepped.effects.map(e => e.type), ['watch', 'log']);
-    assert.equal((stepped.effects[1] as {message: string}).message, 'discovery: /binlog/mysql-bin.000042 is written on /m2592 (/dev/x2592, ext4, 259:2): watching it in /srv/binlog/.ebsmon');
+    assert.equal((stepped.effects[1] as {message: string}).message, 'discovery: /binlog/mysql-bin.000042 is written on /m2592 (/dev/x2592, ext4, 259:2): watching it in /srv/binlog');
     life = stepped.life;
     // Seen again: nothing to do.
     assert.deepEqual(discoveryStep(life, {type: 'scanned', volumes: [volume], processes: 1, what: 'pid 812'}).effects, []);
@@ -99,14 +99,14 @@ describe('which volumes are watched', () => {
       life = stepped.life;
     }
     stepped = discoveryStep(life, {type: 'scanned', volumes: [], processes: 1, what: 'pid 812'});
-    assert.deepEqual(stepped.effects[0], {type: 'unwatch', device: '259:2', path: '/srv/binlog/.ebsmon'});
+    assert.deepEqual(stepped.effects[0], {type: 'unwatch', device: '259:2', path: '/srv/binlog'});
     assert.equal((stepped.effects[1] as {message: string}).message, 'discovery: /m2592 (/dev/x2592, ext4, 259:2) no longer written by pid 812 (3 scans): no longer watched');
   });
 
   it('a failed scan concludes nothing, and says so once', () => {
     let life = initialDiscovery(watchConfig);
     life = discoveryStep(life, {type: 'scanned', volumes: [found('259:2', '/b', true)], processes: 1, what: 'x'}).life;
-    life = discoveryStep(life, {type: 'prepared', device: '259:2', path: '/srv/binlog/.ebsmon'}).life;
+    life = discoveryStep(life, {type: 'prepared', device: '259:2', path: '/srv/binlog'}).life;
     let stepped = discoveryStep(life, {type: 'scan-failed', reason: 'a scan took longer than 3.0 s'});
     assert.deepEqual(stepped.effects, [{type: 'log', level: 'warn', message: 'discovery: a scan took longer than 3.0 s; the watched volumes stay as they are', fields: {}}]);
     for (let i = 0; i < 5; i++) {
@@ -132,16 +132,16 @@ describe('which volumes are watched', () => {
     assert.deepEqual(discoveryStep(stepped.life, {type: 'scanned', volumes: [found('259:1', '/var/lib/mysql/ibdata1', true), found('259:2', '/binlog/b.1', true), found('259:9', '/other/f', false)], processes: 1, what: 'x'}).effects, []);
   });
 
-  it('a probe directory that cannot be made: named once, tried again at each scan, watched once it is made', () => {
+  it('a mount root that cannot be pinned: named once, tried again at each scan, watched once it is pinned', () => {
     const volume = found('259:2', '/binlog/b.1', true);
     const scan = {type: 'scanned' as const, volumes: [volume], processes: 1, what: 'x'};
     let stepped = discoveryStep(discoveryStep(initialDiscovery(watchConfig), scan).life, {type: 'prepare-failed', device: '259:2', why: 'no answer within 3.0 s (does the disk hang?)'});
-    assert.deepEqual(stepped.effects.map(e => (e.type === 'log' ? e.message : e.type)), ['unwatched', '/binlog/b.1 on /dev/x2592, not watched: cannot make its probe directory: no answer within 3.0 s (does the disk hang?)']);
+    assert.deepEqual(stepped.effects.map(e => (e.type === 'log' ? e.message : e.type)), ['unwatched', '/binlog/b.1 on /dev/x2592, not watched: cannot probe at the root of its mount: no answer within 3.0 s (does the disk hang?)']);
     stepped = discoveryStep(stepped.life, scan);
-    assert.deepEqual(stepped.effects, [{type: 'prepare', device: '259:2', path: '/srv/binlog/.ebsmon', volume}], 'tried again, nothing said again');
+    assert.deepEqual(stepped.effects, [{type: 'prepare', device: '259:2', path: '/srv/binlog', volume}], 'tried again, nothing said again');
     stepped = discoveryStep(stepped.life, {type: 'prepare-failed', device: '259:2', why: 'no answer within 3.0 s (does the disk hang?)'});
     assert.deepEqual(stepped.effects, []);
-    stepped = discoveryStep(discoveryStep(stepped.life, scan).life, {type: 'prepared', device: '259:2', path: '/srv/binlog/.ebsmon'});
+    stepped = discoveryStep(discoveryStep(stepped.life, scan).life, {type: 'prepared', device: '259:2', path: '/srv/binlog'});
     assert.deepEqual(stepped.effects.map(e => e.type), ['watch', 'log', 'unwatched']);
     assert.deepEqual(stepped.effects[2], {type: 'unwatched', list: []});
   });
