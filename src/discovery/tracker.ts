@@ -24,14 +24,14 @@ export type FoundVolume = WrittenVolume & {here?: MountEntry};
 export type TrackedVolume = {
   volume: FoundVolume;
   /**
-   * preparing: its probe directory is being pinned; watched: probed every
+   * pinning: its mount root is being pinned; watched: probed every
    * interval under `path`; covered: a --monitor path is on it; refused: why
    * not (said in the not-watched list), decided again at each scan; failed:
    * its probe directory could not be pinned, tried again at the next scan
    * (`why` stays said meanwhile, so a retry that fails the same way says
    * nothing new)
    */
-  state: {kind: 'preparing', path: string, why?: string} | {kind: 'watched', path: string} | {kind: 'covered'} | {kind: 'refused' | 'failed', why: string};
+  state: {kind: 'pinning', path: string, why?: string} | {kind: 'watched', path: string} | {kind: 'covered'} | {kind: 'refused' | 'failed', why: string};
   /** scans in a row that did not find it */
   missed: number;
 };
@@ -53,12 +53,12 @@ export type DiscoveryEvent =
   | {type: 'scanned', volumes: ReadonlyArray<FoundVolume>, processes: number, what: string}
   /** the scan did not finish (deadline, no perl): nothing is concluded from it */
   | {type: 'scan-failed', reason: string}
-  | {type: 'prepared', device: string, path: string}
-  | {type: 'prepare-failed', device: string, why: string};
+  | {type: 'pinned', device: string, path: string}
+  | {type: 'pin-failed', device: string, why: string};
 
 export type DiscoveryEffect =
-  /** pin `path` (the probe directory) on the volume, then say prepared or prepare-failed */
-  | {type: 'prepare', device: string, path: string, volume: FoundVolume}
+  /** pin `path` (the probe directory) on the volume, then say pinned or pin-failed */
+  | {type: 'pin', device: string, path: string, volume: FoundVolume}
   | {type: 'watch', device: string, path: string, volume: FoundVolume}
   | {type: 'unwatch', device: string, path: string}
   /** the not-watched list changed (empty: everything is watched now) */
@@ -84,7 +84,7 @@ function describe(volume: WrittenVolume): string {
 }
 
 function watchedCount(volumes: ReadonlyMap<string, TrackedVolume>): number {
-  return [...volumes.values()].filter(v => v.state.kind === 'preparing' || v.state.kind === 'watched').length;
+  return [...volumes.values()].filter(v => v.state.kind === 'pinning' || v.state.kind === 'watched').length;
 }
 
 export function discoveryStep(life: Discovery, event: DiscoveryEvent): {life: Discovery, effects: Array<DiscoveryEffect>} {
@@ -113,7 +113,7 @@ export function discoveryStep(life: Discovery, event: DiscoveryEvent): {life: Di
           continue;
         }
         volumes.delete(device);
-        if (tracked.state.kind === 'preparing' || tracked.state.kind === 'watched') {
+        if (tracked.state.kind === 'pinning' || tracked.state.kind === 'watched') {
           effects.push({type: 'unwatch', device, path: tracked.state.path});
           effects.push({type: 'log', level: 'info', message: `discovery: ${describeVolume(tracked)} no longer written by ${event.what} (${missed} scans): no longer watched`, fields: {device, path: tracked.state.path}});
         }
@@ -124,7 +124,7 @@ export function discoveryStep(life: Discovery, event: DiscoveryEvent): {life: Di
           volumes.set(volume.device, {volume, state: config.covered.has(volume.device) ? {kind: 'covered'} : {kind: 'refused', why: 'no --monitor is on it'}, missed: 0});
           continue;
         }
-        if (tracked !== undefined && (tracked.state.kind === 'preparing' || tracked.state.kind === 'watched'))
+        if (tracked !== undefined && (tracked.state.kind === 'pinning' || tracked.state.kind === 'watched'))
           continue;
         if (volume.here === undefined) {
           volumes.set(volume.device, {volume, state: {kind: 'refused', why: 'not mounted in the reporter\'s mount namespace'}, missed: 0});
@@ -135,17 +135,17 @@ export function discoveryStep(life: Discovery, event: DiscoveryEvent): {life: Di
           continue;
         }
         const path = probeDirFor(volume.here);
-        volumes.set(volume.device, {volume, state: {kind: 'preparing', path, ...(tracked?.state.kind === 'failed' ? {why: tracked.state.why} : {})}, missed: 0});
-        effects.push({type: 'prepare', device: volume.device, path, volume});
+        volumes.set(volume.device, {volume, state: {kind: 'pinning', path, ...(tracked?.state.kind === 'failed' ? {why: tracked.state.why} : {})}, missed: 0});
+        effects.push({type: 'pin', device: volume.device, path, volume});
       }
       break;
     }
     case 'scan-failed':
       problem(`discovery: ${event.reason}; the watched volumes stay as they are`);
       break;
-    case 'prepared': {
+    case 'pinned': {
       const tracked = volumes.get(event.device);
-      if (tracked?.state.kind !== 'preparing' || tracked.state.path !== event.path)
+      if (tracked?.state.kind !== 'pinning' || tracked.state.path !== event.path)
         break;
       volumes.set(event.device, {...tracked, state: {kind: 'watched', path: event.path}});
       effects.push({type: 'watch', device: event.device, path: event.path, volume: tracked.volume});
@@ -153,9 +153,9 @@ export function discoveryStep(life: Discovery, event: DiscoveryEvent): {life: Di
         fields: {device: event.device, path: event.path, file: tracked.volume.file, pid: tracked.volume.pid, files: tracked.volume.count}});
       break;
     }
-    case 'prepare-failed': {
+    case 'pin-failed': {
       const tracked = volumes.get(event.device);
-      if (tracked?.state.kind !== 'preparing')
+      if (tracked?.state.kind !== 'pinning')
         break;
       volumes.set(event.device, {...tracked, state: {kind: 'failed', why: `cannot probe at the root of its mount: ${event.why}`}});
       break;
@@ -181,7 +181,7 @@ function describeVolume(tracked: TrackedVolume): string {
 export function unwatchedList(volumes: ReadonlyMap<string, TrackedVolume>): Array<Unwatched> {
   return [...volumes.values()]
     .flatMap(v => {
-      const why = v.state.kind === 'refused' || v.state.kind === 'failed' || v.state.kind === 'preparing' ? v.state.why : undefined;
+      const why = v.state.kind === 'refused' || v.state.kind === 'failed' || v.state.kind === 'pinning' ? v.state.why : undefined;
       return why === undefined ? [] : [{file: v.volume.file, device: v.volume.device, source: v.volume.mount.source, why}];
     })
     .sort((a, b) => a.device.localeCompare(b.device));

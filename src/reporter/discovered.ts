@@ -77,8 +77,8 @@ export class Discovered {
 
   private perform(effect: DiscoveryEffect): void {
     switch (effect.type) {
-      case 'prepare':
-        return this.prepare(effect.device, effect.path, effect.volume);
+      case 'pin':
+        return this.pin(effect.device, effect.path, effect.volume);
       case 'watch': {
         const pin = this.made.get(effect.path);
         this.made.delete(effect.path);
@@ -93,11 +93,11 @@ export class Discovered {
     }
   }
 
-  private prepare(device: string, dir: string, volume: FoundVolume): void {
+  private pin(device: string, dir: string, volume: FoundVolume): void {
     const stuck = this.making.get(dir);
     if (stuck !== undefined) {
       // One at a time: the previous attempt is still stuck in the kernel; its failure stands.
-      queueMicrotask(() => this.dispatch({type: 'prepare-failed', device, why: stuck}));
+      queueMicrotask(() => this.dispatch({type: 'pin-failed', device, why: stuck}));
       return;
     }
     this.making.set(dir, 'no answer yet');
@@ -111,17 +111,17 @@ export class Discovered {
         const why = result.timedOut ? `no answer within ${(this.deps.timeoutMs / 1000).toFixed(1)} s (does the disk hang?)` : result.stderr.trim().slice(0, 200) || `exit ${result.code ?? result.signal}`;
         if (this.making.has(dir))
           this.making.set(dir, why);
-        this.dispatch({type: 'prepare-failed', device, why});
+        this.dispatch({type: 'pin-failed', device, why});
         return;
       }
       const dev = BigInt(match[1]!);
       const ino = BigInt(match[2]!);
       if (deviceNumbers(dev) !== device) {
-        this.dispatch({type: 'prepare-failed', device, why: `${dir} is on device ${deviceNumbers(dev)}, not the written filesystem's ${device}`});
+        this.dispatch({type: 'pin-failed', device, why: `${dir} is on device ${deviceNumbers(dev)}, not the written filesystem's ${device}`});
         return;
       }
       this.made.set(dir, {path: dir, dir, mount: volume.here!, dev, ino, device, warnings: [], unmounted: []});
-      this.dispatch({type: 'prepared', device, path: dir});
+      this.dispatch({type: 'pinned', device, path: dir});
     });
   }
 }

@@ -85,9 +85,9 @@ describe('which volumes are watched', () => {
     let life = initialDiscovery(watchConfig);
     const volume = found('259:2', '/binlog/mysql-bin.000042', true);
     let stepped = discoveryStep(life, {type: 'scanned', volumes: [volume], processes: 1, what: 'pid 812'});
-    assert.deepEqual(stepped.effects.map(e => e.type), ['prepare']);
-    assert.deepEqual(stepped.effects[0], {type: 'prepare', device: '259:2', path: '/srv/binlog', volume});
-    stepped = discoveryStep(stepped.life, {type: 'prepared', device: '259:2', path: '/srv/binlog'});
+    assert.deepEqual(stepped.effects.map(e => e.type), ['pin']);
+    assert.deepEqual(stepped.effects[0], {type: 'pin', device: '259:2', path: '/srv/binlog', volume});
+    stepped = discoveryStep(stepped.life, {type: 'pinned', device: '259:2', path: '/srv/binlog'});
     assert.deepEqual(stepped.effects.map(e => e.type), ['watch', 'log']);
     assert.equal((stepped.effects[1] as {message: string}).message, 'discovery: /binlog/mysql-bin.000042 is written on /m2592 (/dev/x2592, ext4, 259:2): watching it in /srv/binlog');
     life = stepped.life;
@@ -106,7 +106,7 @@ describe('which volumes are watched', () => {
   it('a failed scan concludes nothing, and says so once', () => {
     let life = initialDiscovery(watchConfig);
     life = discoveryStep(life, {type: 'scanned', volumes: [found('259:2', '/b', true)], processes: 1, what: 'x'}).life;
-    life = discoveryStep(life, {type: 'prepared', device: '259:2', path: '/srv/binlog'}).life;
+    life = discoveryStep(life, {type: 'pinned', device: '259:2', path: '/srv/binlog'}).life;
     let stepped = discoveryStep(life, {type: 'scan-failed', reason: 'a scan took longer than 3.0 s'});
     assert.deepEqual(stepped.effects, [{type: 'log', level: 'warn', message: 'discovery: a scan took longer than 3.0 s; the watched volumes stay as they are', fields: {}}]);
     for (let i = 0; i < 5; i++) {
@@ -135,13 +135,13 @@ describe('which volumes are watched', () => {
   it('a mount root that cannot be pinned: named once, tried again at each scan, watched once it is pinned', () => {
     const volume = found('259:2', '/binlog/b.1', true);
     const scan = {type: 'scanned' as const, volumes: [volume], processes: 1, what: 'x'};
-    let stepped = discoveryStep(discoveryStep(initialDiscovery(watchConfig), scan).life, {type: 'prepare-failed', device: '259:2', why: 'no answer within 3.0 s (does the disk hang?)'});
+    let stepped = discoveryStep(discoveryStep(initialDiscovery(watchConfig), scan).life, {type: 'pin-failed', device: '259:2', why: 'no answer within 3.0 s (does the disk hang?)'});
     assert.deepEqual(stepped.effects.map(e => (e.type === 'log' ? e.message : e.type)), ['unwatched', '/binlog/b.1 on /dev/x2592, not watched: cannot probe at the root of its mount: no answer within 3.0 s (does the disk hang?)']);
     stepped = discoveryStep(stepped.life, scan);
-    assert.deepEqual(stepped.effects, [{type: 'prepare', device: '259:2', path: '/srv/binlog', volume}], 'tried again, nothing said again');
-    stepped = discoveryStep(stepped.life, {type: 'prepare-failed', device: '259:2', why: 'no answer within 3.0 s (does the disk hang?)'});
+    assert.deepEqual(stepped.effects, [{type: 'pin', device: '259:2', path: '/srv/binlog', volume}], 'tried again, nothing said again');
+    stepped = discoveryStep(stepped.life, {type: 'pin-failed', device: '259:2', why: 'no answer within 3.0 s (does the disk hang?)'});
     assert.deepEqual(stepped.effects, []);
-    stepped = discoveryStep(discoveryStep(stepped.life, scan).life, {type: 'prepared', device: '259:2', path: '/srv/binlog'});
+    stepped = discoveryStep(discoveryStep(stepped.life, scan).life, {type: 'pinned', device: '259:2', path: '/srv/binlog'});
     assert.deepEqual(stepped.effects.map(e => e.type), ['watch', 'log', 'unwatched']);
     assert.deepEqual(stepped.effects[2], {type: 'unwatched', list: []});
   });
