@@ -73,7 +73,7 @@ export class ReportCommand extends DaemonCommand {
     const target = targets[0];
     if (this.monitor.length === 0 && target === undefined)
       throw new UsageError('give --monitor (the directories to prove), or --pid, --pid-file or --unit (find them), or both');
-    if (target?.kind === 'unit' && !/^[A-Za-z0-9:_.@-]+\.service$/.test(target.unit))
+    if (target?.kind === 'unit' && !/^[A-Za-z0-9:_.@\\-]+\.service$/.test(target.unit))
       throw new UsageError(`--unit=${target.unit}: not a unit name of the form NAME.service`);
     const name = this.name ?? (this.monitor.length > 0 ? defaultName(this.monitor[0]!) : discoveryName(target!));
     if (!NAME_PATTERN.test(name))

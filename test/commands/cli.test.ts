@@ -57,6 +57,7 @@ describe('command line (in process)', () => {
     [['report', '--ports=80'], /give --monitor \(the directories to prove\), or --pid, --pid-file or --unit \(find them\), or both/],
     [['report', '--ports=80', '--pid=1', '--unit=mariadb.service'], /--pid, --pid-file and --unit: give one of them/],
     [['report', '--ports=80', '--unit=mariadb'], /--unit=mariadb: not a unit name of the form NAME\.service/],
+    [['report', '--ports=80', '--unit=my db.service'], /--unit=my db\.service: not a unit name/],
     [['report', '--ports=80', '--pid=0'], /Invalid value for --pid/],
     [['report', '--ports=80', '--pid=1', '--discover-interval=0'], /Invalid value for --discover-interval/],
     [['frobnicate'], /Command not found/],
