@@ -16,6 +16,7 @@ import {EBSMON, LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/h
 
 import {cutterFigures} from './cutter';
 import {freezeThawCycles} from './cycles';
+import {discoveryCost} from './discovery';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
 import {patroniControls} from './patroni';
@@ -324,6 +325,7 @@ async function main(): Promise<void> {
       ['decode', () => decodeThroughput(dir)],
       ['probe', () => probeCost(volume, dir)],
       ['paths', () => pathsCost(dir, teardown)],
+      ['discovery', () => discoveryCost(volume, dir)],
       ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 600))],
       ['fencing', () => fencing(dir, teardown)],
       ['cycles', async () => {

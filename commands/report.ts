@@ -1,7 +1,10 @@
+import path from 'node:path';
+
 import {Command, Option, UsageError} from 'clipanion';
 
 import {runRole} from '../src/daemon';
-import {nameArg, portListArg, secondsArg} from '../src/options';
+import {countArg, nameArg, portListArg, secondsArg} from '../src/options';
+import type {ScanTarget} from '../src/discovery';
 import {resolveCheck} from '../src/probe';
 import type {CheckSpec} from '../src/probe';
 import {defaultName, runReporter} from '../src/reporter';
@@ -27,17 +30,25 @@ export class ReportCommand extends DaemonCommand {
 
       When a probe times out or gets an I/O error, the reason says what the device was doing, from its own counters in /sys/dev/block (never from the device): "14 requests in flight, none completed for 4.0 s" (stuck), "idle: ... the filesystem is blocking writes above the device (frozen?)", or "busy: ... (saturated, not hung)". The reason goes to the log and, once an interval, to the monitor, which puts it in the fence's reason; heartbeats carry the devices' counters for its metrics.
 
+      \`--pid\`, \`--pid-file\` or \`--unit\` names the service instead of (or beside) its directories: at start and every \`--discover-interval\` seconds a child scans /proc for the filesystems its processes (and their descendants, or the unit's cgroup) hold files open for writing on (O_WRONLY or O_RDWR; memory and kernel filesystems skipped). Without \`--monitor\` each such volume is watched at the root of its mount like a \`--monitor\` directory, up to 8; one no longer written is dropped after 3 scans. With \`--monitor\`, every written volume no \`--monitor\` is on is a warning in the log, in heartbeats and in \`ebsmon status\`.
+
       SIGTERM stops it within 2 s; if the disks were healthy it says goodbye first (the monitor forgets it), otherwise it says nothing and the fence stays.
     `,
     examples: [
       ['Protect MySQL', '$0 report --monitor=/var/lib/mysql --ports=3306'],
       ['MySQL with its binlog on a volume of its own; refuse to start unless both are mounted', '$0 report --monitor=/var/lib/mysql --monitor=/var/lib/mysql-binlog --require-mount --ports=3306'],
       ['MySQL, and MySQL itself must answer a ping', '$0 report --monitor=/var/lib/mysql --ports=3306 --check="mysqladmin --socket=/run/mysqld/mysqld.sock ping"'],
+      ['Protect MariaDB on every volume it writes to (data, binlog, redo), found from its pid file', '$0 report --pid-file=/run/mysqld/mysqld.pid --ports=3306'],
+      ['Watch the listed directories, and warn about any other volume the unit writes to', '$0 report --monitor=/var/lib/postgresql --unit=postgresql@15-main.service --ports=5432'],
       ['Protect a web server, as a daemon', '$0 report --daemonize --pidfile=/run/www-ebsmon.pid --logfile=/var/log/www-ebsmon.log --monitor=/var/www/html --ports=80,443'],
     ],
   });
 
-  monitor = Option.Array('--monitor', {required: true, description: 'Directory on a device to prove (the service\'s data directory); repeat for each volume, up to 8'});
+  monitor = Option.Array('--monitor', [], {description: 'Directory on a device to prove (the service\'s data directory); repeat for each volume, up to 8'});
+  pid = Option.String('--pid', {validator: countArg, description: 'Find the volumes this process and its descendants write to: watch them (without --monitor) or warn about those no --monitor covers'});
+  pidFile = Option.String('--pid-file', {description: 'As --pid, with the pid read from this file at every scan (a restarted service is followed)'});
+  unit = Option.String('--unit', {description: 'As --pid, for every process of this systemd unit (NAME.service, its cgroup)'});
+  discoverInterval = Option.String('--discover-interval', '10', {validator: secondsArg, description: 'Seconds between scans for --pid, --pid-file or --unit'});
   ports = Option.String('--ports', {required: true, validator: portListArg, description: 'TCP ports to fence when a disk hangs, e.g. 80,443'});
   name = Option.String('--name', {validator: nameArg, description: 'Reporter name (default: the last component of the first --monitor)'});
   check = Option.Array('--check', [], {description: 'A command (no shell) that must exit 0 within --probe-timeout every interval, e.g. "mysqladmin --socket=/run/mysqld/mysqld.sock ping"; repeatable'});
@@ -52,9 +63,21 @@ export class ReportCommand extends DaemonCommand {
   async execute(): Promise<number | void> {
     if (this.monitor.length > MAX_PATHS)
       throw new UsageError(`--monitor given ${this.monitor.length} times; at most ${MAX_PATHS} directories per reporter`);
-    const name = this.name ?? defaultName(this.monitor[0]!);
+    const targets: Array<ScanTarget> = [
+      ...(this.pid === undefined ? [] : [{kind: 'pid' as const, pid: this.pid}]),
+      ...(this.pidFile === undefined ? [] : [{kind: 'pid-file' as const, file: this.pidFile}]),
+      ...(this.unit === undefined ? [] : [{kind: 'unit' as const, unit: this.unit}]),
+    ];
+    if (targets.length > 1)
+      throw new UsageError('--pid, --pid-file and --unit: give one of them');
+    const target = targets[0];
+    if (this.monitor.length === 0 && target === undefined)
+      throw new UsageError('give --monitor (the directories to prove), or --pid, --pid-file or --unit (find them), or both');
+    if (target?.kind === 'unit' && !/^[A-Za-z0-9:_.@\\-]+\.service$/.test(target.unit))
+      throw new UsageError(`--unit=${target.unit}: not a unit name of the form NAME.service`);
+    const name = this.name ?? (this.monitor.length > 0 ? defaultName(this.monitor[0]!) : discoveryName(target!));
     if (!NAME_PATTERN.test(name))
-      throw new UsageError(`--monitor=${this.monitor[0]} gives the reporter name "${name}", which is not 1-64 characters of A-Z a-z 0-9 . _ -; pass --name`);
+      throw new UsageError(`${this.monitor.length > 0 ? `--monitor=${this.monitor[0]}` : 'the service'} gives the reporter name "${name}", which is not 1-64 characters of A-Z a-z 0-9 . _ -; pass --name`);
     const checks: Array<CheckSpec> = this.check.map(text => {
       const resolved = resolveCheck(text);
       if ('error' in resolved)
@@ -74,6 +97,7 @@ export class ReportCommand extends DaemonCommand {
     }
     await runRole({args: process.argv.slice(2), stdout: this.context.stdout, stderr: this.context.stderr, role: 'report'}, this.daemonOptions(), (logger, onReady, signal) => runReporter({logger, onReady}, {
       monitors: this.monitor,
+      ...(target === undefined ? {} : {discover: {target, intervalSec: this.discoverInterval}}),
       ports: this.ports,
       name,
       fifo: this.fifo,
@@ -86,5 +110,17 @@ export class ReportCommand extends DaemonCommand {
       rejoin,
       stateDir: this.stateDir,
     }, signal));
+  }
+}
+
+/** Without --monitor: the unit without ".service", the pid file's name without ".pid", or "pid-N". */
+function discoveryName(target: ScanTarget): string {
+  switch (target.kind) {
+    case 'unit':
+      return target.unit.replace(/\.service$/, '');
+    case 'pid-file':
+      return path.basename(target.file).replace(/\.pid$/, '');
+    case 'pid':
+      return `pid-${target.pid}`;
   }
 }

@@ -33,6 +33,19 @@ export const isPathInfo = isExactObject({
   mountPoint: isText(PATH_FIELD_MAX.mountPoint),
 });
 
+/**
+ * A filesystem the reporter's service holds a file open for writing on that
+ * no watched path is on (discovery), with the file that proves it. A
+ * heartbeat carries at most MAX_UNWATCHED; the reporter's log names all.
+ */
+export const MAX_UNWATCHED = 2;
+export const UNWATCHED_FIELD_MAX = {file: 120, source: 80} as const;
+export const isUnwatched = isExactObject({
+  file: isText(UNWATCHED_FIELD_MAX.file),
+  device: isStringWhere('a device as major:minor', text => /^\d{1,10}:\d{1,10}$/.test(text)),
+  source: isText(UNWATCHED_FIELD_MAX.source),
+});
+
 /** A kernel block device name as sysfs spells it (DISK_NAME_LEN is 32; "!" stands for "/"). */
 export const DEVICE_NAME_MAX = 32;
 /** The longest failure reason a reporter sends; a check's output can make it long, and a line must stay within MAX_LINE_BYTES. */
@@ -110,6 +123,8 @@ export const isHeartbeat = isExactObject({
   isolate: t.isOptional(isDistinctArray(isPort, {min: 1, max: MAX_ISOLATE})),
   /** Optional: its rejoin condition (absent: auto). */
   rejoin: t.isOptional(isRejoin),
+  /** Optional: volumes its service writes to that it does not watch (absent: none, or no discovery). */
+  unwatched: t.isOptional(isBoundedArray(isUnwatched, {min: 1, max: MAX_UNWATCHED})),
 });
 
 /**
@@ -157,6 +172,7 @@ export const isUnblock = t.isOneOf([isUnblockOne, isUnblockAll], {exclusive: tru
 export type Heartbeat = t.InferType<typeof isHeartbeat>;
 export type PathInfo = t.InferType<typeof isPathInfo>;
 export type DeviceStats = t.InferType<typeof isDeviceStats>;
+export type UnwatchedVolume = t.InferType<typeof isUnwatched>;
 export type Rejoin = t.InferType<typeof isRejoin>;
 export type RejoinAnswer = typeof REJOIN_ANSWERS[number];
 export type Failing = t.InferType<typeof isFailing>;

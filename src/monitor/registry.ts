@@ -1,5 +1,5 @@
 import type {Arm, DesiredReporter, KernelPort, KernelView} from '../fencing';
-import type {DeviceStats, Failing, Goodbye, Heartbeat, PathInfo, Rejoin, Unblock} from '../heartbeat';
+import type {DeviceStats, Failing, Goodbye, Heartbeat, PathInfo, Rejoin, Unblock, UnwatchedVolume} from '../heartbeat';
 import {FENCE_BUCKETS, HISTORY_MAX} from '../state';
 import type {FenceDurations, HistoryEntry, ReporterSnapshot, ReporterState} from '../state';
 import {AUTO, step} from './lifecycle';
@@ -69,6 +69,8 @@ export type ReporterRecord = {
   probeTimeout: number;
   /** The watched paths and the devices they were pinned to, as the reporter last said. */
   paths: ReadonlyArray<PathInfo> | null;
+  /** Volumes its service writes to that it does not watch, as its last heartbeat said (empty: none). */
+  unwatched: ReadonlyArray<UnwatchedVolume>;
   /** Its devices' counters from its last heartbeat or failing word, and when it sent them (epoch ms; NaN: never). */
   devices: ReadonlyArray<DeviceStats> | null;
   devicesAt: number;
@@ -175,6 +177,7 @@ export class Registry {
         interval: snapshot.interval ?? NaN,
         probeTimeout: snapshot.probeTimeout ?? NaN,
         paths: snapshot.paths ?? null,
+        unwatched: snapshot.unwatched ?? [],
         devices: snapshot.devices ?? null,
         devicesAt: snapshot.devicesAt ?? NaN,
         said: snapshot.failure?.reason ?? '',
@@ -240,6 +243,7 @@ export class Registry {
         interval: message.interval,
         probeTimeout: message.probeTimeout,
         paths: null,
+        unwatched: [],
         devices: null,
         devicesAt: NaN,
         said: '',
@@ -299,6 +303,7 @@ export class Registry {
     record.probeTimeout = message.probeTimeout;
     if (message.paths !== undefined && !samePaths(record.paths, message.paths))
       record.paths = message.paths;
+    record.unwatched = message.unwatched ?? NONE_UNWATCHED;
     if (message.devices !== undefined) {
       record.devices = message.devices;
       record.devicesAt = message.sentAt;
@@ -637,6 +642,7 @@ export class Registry {
       interval: orNull(r.interval),
       probeTimeout: orNull(r.probeTimeout),
       ...(r.paths === null ? {} : {paths: r.paths.map(p => ({...p}))}),
+      ...(r.unwatched.length === 0 ? {} : {unwatched: r.unwatched.map(u => ({...u}))}),
       reason: r.reason,
       stateSince: orNull(r.since),
       ...(r.history.length === 0 ? {} : {history: r.history}),
@@ -742,6 +748,9 @@ function adoptFences(previous: FenceDurations | undefined): FenceDurations {
 function wishFor(name: string): {wish: ReporterRecord['wish'], armed: ReporterRecord['armed'], voiced: ReporterRecord['voiced']} {
   return {wish: {name, ports: [], arm: FENCED, isolate: [], voice: FENCED}, armed: {state: 'armed', until: 0}, voiced: {state: 'armed', until: 0}};
 }
+
+/** One empty list for every heartbeat without the field: nothing allocated per heartbeat. */
+const NONE_UNWATCHED: ReadonlyArray<UnwatchedVolume> = Object.freeze([]);
 
 function samePaths(a: ReadonlyArray<PathInfo> | null, b: ReadonlyArray<PathInfo>): boolean {
   return a !== null && a.length === b.length && a.every((p, i) => {

@@ -15,7 +15,7 @@ export function readMountTable(file = MOUNTINFO): Array<MountEntry> {
 
 /**
  * The mount table read again and again, through one descriptor opened at
- * start-up: a pread at offset 0 makes procfs render it afresh (seq_file), with
+ * start-up: a pread from offset 0 makes procfs render it afresh (seq_file), with
  * no path lookup and nothing allocated when it has not changed; it is parsed
  * again only when its bytes differ from the last read.
  */
@@ -31,11 +31,18 @@ export class MountTableReader {
 
   /** The table now, and whether it differs from the previous read. Throws when procfs cannot be read. */
   read(): {entries: ReadonlyArray<MountEntry>, changed: boolean} {
-    let n = fs.readSync(this.fd, this.buffer, 0, this.buffer.length, 0);
-    // Filled to the brim: there may be more; read it whole into a larger buffer.
-    while (n === this.buffer.length) {
-      this.buffer = Buffer.alloc(this.buffer.length * 2);
-      n = fs.readSync(this.fd, this.buffer, 0, this.buffer.length, 0);
+    // procfs hands out a seq_file about a page at a time, however large the buffer: read on until it says the end (0).
+    let n = 0;
+    for (;;) {
+      if (n === this.buffer.length) {
+        const larger = Buffer.alloc(this.buffer.length * 2);
+        this.buffer.copy(larger);
+        this.buffer = larger;
+      }
+      const got = fs.readSync(this.fd, this.buffer, n, this.buffer.length - n, n);
+      if (got === 0)
+        break;
+      n += got;
     }
     const now = this.buffer.subarray(0, n);
     if (now.equals(this.last))

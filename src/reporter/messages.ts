@@ -1,5 +1,5 @@
-import {MAX_LINE_BYTES, PATH_FIELD_MAX, REASON_MAX, isFailing, isHeartbeat} from '../heartbeat';
-import type {DeviceStats, Failing, Heartbeat, PathInfo, RejoinAnswer} from '../heartbeat';
+import {MAX_LINE_BYTES, MAX_UNWATCHED, PATH_FIELD_MAX, REASON_MAX, UNWATCHED_FIELD_MAX, isFailing, isHeartbeat} from '../heartbeat';
+import type {DeviceStats, Failing, Heartbeat, PathInfo, RejoinAnswer, UnwatchedVolume} from '../heartbeat';
 import type {PathPin} from '../probe';
 import {REJOIN_REASON_BYTES} from './rejoin';
 
@@ -19,6 +19,8 @@ export type HeartbeatShape = {
   isolate?: Array<number>;
   /** absent: auto */
   rejoin?: 'manual' | 'program';
+  /** discovery runs: heartbeats name the written volumes nothing watches, unless they would not fit */
+  unwatched?: true;
 };
 
 export type RejoinWord = {answer: RejoinAnswer, startedAt: number, reason: string};
@@ -32,6 +34,11 @@ function clip(text: string, max: number): string {
 
 function clipEnd(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, Math.max(1, max - 1))}\u2026`;
+}
+
+/** What a heartbeat says of the written volumes nothing watches: the first MAX_UNWATCHED, clipped to the wire's limits. */
+export function unwatchedInfo(list: ReadonlyArray<{file: string, device: string, source: string}>): Array<UnwatchedVolume> {
+  return list.slice(0, MAX_UNWATCHED).map(u => ({file: clip(u.file, UNWATCHED_FIELD_MAX.file), device: u.device, source: clip(u.source, UNWATCHED_FIELD_MAX.source)}));
 }
 
 export function pathInfo(pin: PathPin): PathInfo {
@@ -66,9 +73,11 @@ function problem(message: Heartbeat): string | null {
 export function fitHeartbeat(base: Omit<HeartbeatShape, 'devices' | 'paths'>, paths: Array<PathInfo>, devices: ReadonlyArray<{device: string, name: string}>): {shape: HeartbeatShape, warnings: Array<string>} {
   // A rejoin program's longest reason, every byte a quote (escaped: two bytes each).
   const rejoin = base.rejoin === 'program' ? {answer: 'clients' as const, startedAt: Date.now() * 10, reason: '"'.repeat(REJOIN_REASON_BYTES)} : undefined;
-  const worst = (shape: HeartbeatShape): Heartbeat => heartbeatMessage(shape, {seq: Number.MAX_SAFE_INTEGER, sentAt: Date.now() * 10, probeMs: 1e9 + 0.25, devices: shape.devices ? devices.map(worstStats) : undefined, rejoin});
+  const unwatched = Array.from({length: MAX_UNWATCHED}, () => ({file: '"'.repeat(UNWATCHED_FIELD_MAX.file), device: '4294967295:4294967295', source: '"'.repeat(UNWATCHED_FIELD_MAX.source)}));
+  const worst = (shape: HeartbeatShape): Heartbeat => heartbeatMessage(shape, {seq: Number.MAX_SAFE_INTEGER, sentAt: Date.now() * 10, probeMs: 1e9 + 0.25, devices: shape.devices ? devices.map(worstStats) : undefined, rejoin, unwatched});
   const warnings: Array<string> = [];
-  let shape: HeartbeatShape = {...base, paths, devices: devices.length > 0};
+  // No path (discovery found none yet, or all are gone): no heartbeat goes until one is proven, and then with it.
+  let shape: HeartbeatShape = {...base, ...(paths.length === 0 ? {} : {paths}), devices: devices.length > 0};
   if (shape.devices) {
     const why = problem(worst(shape));
     if (why !== null) {
@@ -76,16 +85,22 @@ export function fitHeartbeat(base: Omit<HeartbeatShape, 'devices' | 'paths'>, pa
       shape = {...shape, devices: false};
     }
   }
-  const why = problem(worst(shape));
-  if (why !== null) {
+  let why = problem(worst(shape));
+  if (why !== null && shape.paths !== undefined) {
     warnings.push(`heartbeats go without the watched paths' devices: ${why}`);
     const {paths: _dropped, ...rest} = shape;
+    shape = rest;
+    why = problem(worst(shape));
+  }
+  if (why !== null && shape.unwatched !== undefined) {
+    warnings.push(`heartbeats go without the volumes written but not watched: ${why}`);
+    const {unwatched: _dropped, ...rest} = shape;
     shape = rest;
   }
   return {shape, warnings};
 }
 
-export function heartbeatMessage(shape: HeartbeatShape, round: {seq: number, sentAt: number, probeMs: number, devices?: Array<DeviceStats>, rejoin?: RejoinWord}): Heartbeat {
+export function heartbeatMessage(shape: HeartbeatShape, round: {seq: number, sentAt: number, probeMs: number, devices?: Array<DeviceStats>, rejoin?: RejoinWord, unwatched?: ReadonlyArray<{file: string, device: string, source: string}>}): Heartbeat {
   return {
     v: 1,
     kind: 'heartbeat',
@@ -101,6 +116,7 @@ export function heartbeatMessage(shape: HeartbeatShape, round: {seq: number, sen
     ...(shape.devices && round.devices !== undefined && round.devices.length > 0 ? {devices: round.devices} : {}),
     ...(shape.isolate === undefined || shape.isolate.length === 0 ? {} : {isolate: shape.isolate}),
     ...(shape.rejoin === undefined ? {} : {rejoin: {mode: shape.rejoin, ...(shape.rejoin === 'program' && round.rejoin !== undefined ? round.rejoin : {})}}),
+    ...(shape.unwatched === undefined || round.unwatched === undefined || round.unwatched.length === 0 ? {} : {unwatched: unwatchedInfo(round.unwatched)}),
   };
 }
 

@@ -5,13 +5,19 @@ import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
 import {readMountTable} from '../mounts';
 import type {CheckSpec} from '../probe';
+import {PIN_SCRIPT, SCAN_SCRIPT} from '../discovery';
+import type {ScanTarget, Unwatched} from '../discovery';
+import {MAX_PATHS} from '../heartbeat';
+import type {PathPin} from '../probe';
 import {PROBE_SCRIPT} from '../probe/script';
 import {SpawnHelper} from '../spawn';
 import {DEFAULT_STATE_DIR, readFencedSince} from '../state';
 import {CheckRuns} from './checks';
+import {Discovered} from './discovered';
 import {initialLife, needsMountTable, step} from './lifecycle';
 import type {Effect, LifeEvent, LogLevel} from './lifecycle';
 import {failingMessage, fitHeartbeat, heartbeatMessage, pathInfo} from './messages';
+import type {HeartbeatShape} from './messages';
 import {MountChecks} from './mounts';
 import {PathProbers} from './probers';
 import {REJOIN_TIMEOUT_MS, RejoinRuns} from './rejoin';
@@ -23,6 +29,12 @@ import {alignedTicker} from './ticker';
 export type ReporterOptions = {
   /** the watched directories; the first one names the reporter by default */
   monitors: Array<string>;
+  /**
+   * Whose written volumes to find, every `intervalSec`: without --monitor
+   * each is watched; with it, those no --monitor covers are named as not
+   * watched.
+   */
+  discover?: {target: ScanTarget, intervalSec: number};
   ports: Array<number>;
   name: string;
   fifo: string;
@@ -53,6 +65,8 @@ export type ReporterDeps = {
 const REMINDER_MS = 60_000;
 /** SIGTERM must end the reporter within 2 s (SPEC); a healthy probe takes milliseconds. */
 const GOODBYE_WAIT_MS = 1_200;
+/** A volume the service stopped writing to is watched for this many more scans: a log rotated or a file reopened is not a volume gone. */
+const DISCOVERY_GRACE_SCANS = 3;
 
 /** The wiring: start-up, then the lifecycle's decisions (lifecycle.ts) carried out, every interval until `signal`. */
 export async function runReporter(deps: ReporterDeps, options: ReporterOptions, signal: AbortSignal): Promise<void> {
@@ -64,10 +78,23 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   logHardlinkProtection(logger);
   const devices = watchDevices(pins, logger);
   const rejoin = options.rejoin ?? {mode: 'auto'};
-  const {shape, warnings} = fitHeartbeat({name, pid: process.pid, ports: options.ports, interval, probeTimeout, ...(options.isolate === undefined || options.isolate.length === 0 ? {} : {isolate: options.isolate}),
-    ...(rejoin.mode === 'auto' ? {} : {rejoin: rejoin.mode})}, pins.map(pathInfo), devices.all.map(w => w.node));
-  for (const warning of warnings)
-    logger.warn(warning);
+  // Every path watched now, --monitor ones first: discovery adds and removes its own.
+  const watched = new Map<string, PathPin>(pins.map(pin => [pin.path, pin]));
+  let shape!: HeartbeatShape;
+  let saidFit = '';
+  // Paths found or dropped at run time change what a heartbeat carries: fitted again each time.
+  const refit = () => {
+    const fitted = fitHeartbeat({name, pid: process.pid, ports: options.ports, interval, probeTimeout, ...(options.isolate === undefined || options.isolate.length === 0 ? {} : {isolate: options.isolate}),
+      ...(rejoin.mode === 'auto' ? {} : {rejoin: rejoin.mode}), ...(options.discover === undefined ? {} : {unwatched: true as const})}, [...watched.values()].map(pathInfo), devices.all.map(w => w.node));
+    shape = fitted.shape;
+    const key = fitted.warnings.join('\n');
+    if (key !== saidFit) {
+      for (const warning of fitted.warnings)
+        logger.warn(warning);
+      saidFit = key;
+    }
+  };
+  refit();
 
   // Probers and checks start through a helper that forks them: this loop never waits for an exec, even when the disk holding perl hangs.
   const runtime = makeRuntimeDir(name);
@@ -82,6 +109,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   // winston formats a line before its transport drops it by level: lines a tick are not built for nothing.
   const log = (level: LogLevel, message: string, fields: Record<string, unknown>) => logger.isLevelEnabled(level) && logger.log(level, message, fields);
 
+  // Written volumes nothing watches (discovery): said in every heartbeat and failing word.
+  let unwatched: Array<Unwatched> = [];
   let life = initialLife({name, reminderMs: REMINDER_MS, rejoin: rejoin.mode});
   let finish!: (effect: Effect & {type: 'finish'}) => void;
   const finished = new Promise<Effect & {type: 'finish'}>(resolve => {
@@ -93,8 +122,9 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     for (const effect of next.effects)
       perform(effect);
   };
+  const targets = new Map(pins.map(pin => [pin.path, {dir: pin.dir, name, dev: pin.dev, ino: pin.ino}]));
   const probers = new PathProbers({
-    targets: new Map(pins.map(pin => [pin.path, {dir: pin.dir, name, dev: pin.dev, ino: pin.ino}])),
+    targets,
     devices: devices.byPath, timeoutMs: probeTimeout * 1000, startStream: argv => helper.stream(argv), scriptFile,
     mountProblem: watched => mounts.now().get(watched), dispatch,
   });
@@ -116,7 +146,7 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
       case 'run-rejoin':
         return rejoinRuns?.run(effect.fencedSince);
       case 'heartbeat':
-        if (sender.send(heartbeatMessage(shape, {seq: effect.seq, sentAt: Date.now(), probeMs: effect.probeMs, devices: deviceStats(), rejoin: effect.rejoin})).ok)
+        if (sender.send(heartbeatMessage(shape, {seq: effect.seq, sentAt: Date.now(), probeMs: effect.probeMs, devices: deviceStats(), rejoin: effect.rejoin, unwatched})).ok)
           log('debug', 'heartbeat sent', {seq: effect.seq, probeMs: effect.probeMs});
         return;
       case 'failing':
@@ -136,6 +166,45 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
 
   for (const pin of pins)
     dispatch({type: 'watch', path: pin.path, dir: pin.dir});
+  let discovered: Discovered | null = null;
+  let discoverTimer: NodeJS.Timeout | undefined;
+  if (options.discover !== undefined) {
+    const scanFile = path.join(runtime.dir, 'scan.pl');
+    fs.writeFileSync(scanFile, SCAN_SCRIPT, {mode: 0o600});
+    const pinFile = path.join(runtime.dir, 'pin.pl');
+    fs.writeFileSync(pinFile, PIN_SCRIPT, {mode: 0o600});
+    discovered = new Discovered({
+      target: options.discover.target,
+      config: {mode: pins.length === 0 ? 'watch' : 'warn', graceScans: DISCOVERY_GRACE_SCANS, maxPaths: MAX_PATHS, covered: new Set(pins.map(pin => pin.mount.device))},
+      scanFile, pinFile, timeoutMs: probeTimeout * 1000,
+      startProcess: (argv, runOptions) => helper.run(argv, runOptions),
+      mounts: () => mounts.table(),
+      watch: pin => {
+        watched.set(pin.path, pin);
+        targets.set(pin.path, {dir: pin.dir, name, dev: pin.dev, ino: pin.ino});
+        mounts.add(pin);
+        devices.add(pin);
+        refit();
+        dispatch({type: 'watch', path: pin.path, dir: pin.dir});
+      },
+      unwatch: watchedPath => {
+        dispatch({type: 'unwatch', path: watchedPath});
+        watched.delete(watchedPath);
+        targets.delete(watchedPath);
+        mounts.remove(watchedPath);
+        devices.remove(watchedPath);
+        refit();
+      },
+      unwatched: list => {
+        unwatched = list;
+      },
+      log,
+    });
+    const what = options.discover.target;
+    logger.info(`discovery: every ${options.discover.intervalSec} s, the volumes ${what.kind === 'unit' ? `the processes of ${what.unit}` : what.kind === 'pid' ? `pid ${what.pid} and its descendants` : `the pid in ${what.file} and its descendants`} hold files open for writing on are ${pins.length === 0 ? 'watched' : 'checked against the --monitor paths'}`, {discoverInterval: options.discover.intervalSec});
+    discovered.scan();
+    discoverTimer = setInterval(() => discovered?.scan(), options.discover.intervalSec * 1000);
+  }
   if (options.isolate !== undefined && options.isolate.length > 0)
     logger.info(`isolate: while fenced, this host reaches no port ${options.isolate.join(',')} (its coordinator) and its late replies are held`, {isolate: options.isolate.join(',')});
   if (rejoin.mode === 'program')
@@ -157,6 +226,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
       signal.addEventListener('abort', () => resolve(), {once: true});
   });
   ticker.stop();
+  clearInterval(discoverTimer);
+  discovered?.stop();
 
   // A goodbye tells the monitor to forget us instead of fencing: only after the disks and the service were proven just now.
   const timer = setTimeout(() => dispatch({type: 'stop-timeout'}), GOODBYE_WAIT_MS);

@@ -57,30 +57,55 @@ export function logHardlinkProtection(logger: Logger): void {
 /**
  * Each pinned device's own counters, read every interval from sysfs (never
  * from the device). Paths on one device share a watch; a path with none
- * (tmpfs, NFS, FUSE) is said once.
+ * (tmpfs, NFS, FUSE) is said once. Paths found at run time (discovery) come
+ * and go; a device's watch is closed with its last path.
  */
-export function watchDevices(pins: ReadonlyArray<PathPin>, logger: Logger): {byPath: Map<string, DeviceWatch>, all: Array<DeviceWatch>} {
-  const byDevice = new Map<string, DeviceWatch>();
-  const byPath = new Map<string, DeviceWatch>();
-  for (const pin of pins) {
+export class DeviceWatches {
+  readonly byPath = new Map<string, DeviceWatch>();
+  private readonly byDevice = new Map<string, DeviceWatch>();
+
+  constructor(private readonly logger: Logger) {
+  }
+
+  get all(): Array<DeviceWatch> {
+    return [...this.byDevice.values()];
+  }
+
+  add(pin: PathPin): void {
+    const {logger} = this;
     const resolved = resolveDevice(pin.mount, pin.device);
     if (resolved.node === null) {
       logger.info(`no device evidence for ${pin.path}: ${resolved.why}`, {path: pin.path});
-      continue;
+      return;
     }
     const node = resolved.node;
-    let watch = byDevice.get(node.device);
+    let watch = this.byDevice.get(node.device);
     if (watch === undefined) {
       try {
         watch = new DeviceWatch(node);
       } catch (error) {
         logger.warn(`no device evidence for ${pin.path}: cannot read ${node.dir}: ${(error as Error).message}`, {path: pin.path});
-        continue;
+        return;
       }
-      byDevice.set(node.device, watch);
+      this.byDevice.set(node.device, watch);
     }
-    byPath.set(pin.path, watch);
+    this.byPath.set(pin.path, watch);
     logger.info(`device evidence for ${pin.path}: ${node.name} (${node.device}${node.detail === '' ? '' : `; ${node.detail}`}), its counters read from ${node.dir}`, {path: pin.path, device: node.device, deviceName: node.name});
   }
-  return {byPath, all: [...byDevice.values()]};
+
+  remove(path: string): void {
+    const watch = this.byPath.get(path);
+    this.byPath.delete(path);
+    if (watch === undefined || [...this.byPath.values()].includes(watch))
+      return;
+    this.byDevice.delete(watch.node.device);
+    watch.close();
+  }
+}
+
+export function watchDevices(pins: ReadonlyArray<PathPin>, logger: Logger): DeviceWatches {
+  const watches = new DeviceWatches(logger);
+  for (const pin of pins)
+    watches.add(pin);
+  return watches;
 }

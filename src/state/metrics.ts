@@ -83,6 +83,10 @@ export function renderMetricsTo(snapshot: Snapshot, now: number, emit: (text: st
   for (let i = 0; i < reporters.length; i++)
     for (const p of reporters[i]!.paths ?? [])
       emit(`ebsmon_reporter_path_info{${labels[i]!},path="${escapeLabel(p.path)}",device="${escapeLabel(p.device)}",source="${escapeLabel(p.source)}",fstype="${escapeLabel(p.fstype)}",mount_point="${escapeLabel(p.mountPoint)}"} 1\n`);
+  head('ebsmon_reporter_unwatched_info', 'gauge', 'A volume the reporter\'s service holds a file open for writing on that it does not watch, with that file (always 1; the reporter names at most 2).');
+  for (let i = 0; i < reporters.length; i++)
+    for (const u of reporters[i]!.unwatched ?? [])
+      emit(`ebsmon_reporter_unwatched_info{${labels[i]!},file="${escapeLabel(u.file)}",device="${escapeLabel(u.device)}",source="${escapeLabel(u.source)}"} 1\n`);
   head('ebsmon_reporter_fence_duration_seconds', 'histogram', 'How long the reporter\'s fences lasted, for fences that ended (recovered or lifted by hand).');
   for (let i = 0; i < reporters.length; i++) {
     const fences = reporters[i]!.fenceDurations;

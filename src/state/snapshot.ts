@@ -5,7 +5,7 @@ import * as t from 'typanion';
 import {SnapshotError, errnoCode} from '../errors';
 import {REJECT_REASONS, REJOIN_MODES} from '../heartbeat';
 import {isNumberWhere} from '../heartbeat/lean';
-import {isCount, isDeviceStats, isName, isNonNegative, isPathInfo, isPid, isPort} from '../heartbeat/schema';
+import {isCount, isDeviceStats, isName, isNonNegative, isPathInfo, isPid, isPort, isUnwatched} from '../heartbeat/schema';
 
 export const DEFAULT_STATE_DIR = '/run/ebsmon';
 export const SNAPSHOT_FILE = 'state.json';
@@ -68,6 +68,8 @@ export const isReporterSnapshot = t.isObject({
   probeTimeout: t.isNullable(t.isNumber()),
   /** The reporter's watched paths and their pinned devices (reporters that send them). */
   paths: t.isOptional(t.isArray(isPathInfo)),
+  /** Volumes the reporter's service writes to that it does not watch, from its last heartbeat (discovery). */
+  unwatched: t.isOptional(t.isArray(isUnwatched)),
   reason: t.isString(),
   /** When it entered its current state: epoch ms (null: before this monitor's records). */
   stateSince: t.isOptional(t.isNullable(isEpochMs)),

@@ -90,12 +90,19 @@ export function renderTable(view: StatusView, colors: Colors = NO_COLORS, {reaso
     const rejoin = rejoinLine(r);
     if (rejoin !== null)
       lines.push(`  ${rejoin}`);
+    for (const line of unwatchedLines(r))
+      lines.push(colors.yellow(`  ${line}`));
     if (reasons && r.state !== 'healthy')
       lines.push(`  why: ${r.reason}`);
     if (reasons && r.failure !== undefined && !r.reason.includes(r.failure.reason))
       lines.push(`  reporter says (${formatAge(r.failureAgeSeconds ?? null)}): ${r.failure.reason}`);
   });
   return `${lines.join('\n')}\n`;
+}
+
+/** A volume the reporter's service writes to that nothing watches: a hang there is never fenced. */
+export function unwatchedLines(r: ReporterSnapshot): Array<string> {
+  return (r.unwatched ?? []).map(u => `${u.file} on ${u.source} (${u.device}), not watched`);
 }
 
 /** Where a fenced reporter stands once its disks answer again; null while it waits for them. */
@@ -157,5 +164,8 @@ export function renderNagios(view: StatusView): {line: string, code: number} {
     return {line: `WARNING: ${waiting.length} reporter${waiting.length === 1 ? '' : 's'} fenced, waiting for an operator (${names(waiting)}): the disks answer again; ebsmon unblock lifts it, monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.warning};
   if (overridden.length > 0)
     return {line: `WARNING: ${overridden.length} reporter${overridden.length === 1 ? '' : 's'} overridden (${names(overridden)}), monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.warning};
+  const unwatched = view.reporters.filter(r => (r.unwatched ?? []).length > 0);
+  if (unwatched.length > 0)
+    return {line: `WARNING: a volume written but not watched: ${unwatched.map(r => `${r.name}: ${unwatchedLines(r).join('; ')}`).join('; ')}, monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.warning};
   return {line: `OK: ${view.reporters.length} reporter${view.reporters.length === 1 ? '' : 's'} healthy, monitor pulse ${pulse}s ago ${perf}`, code: NAGIOS.ok};
 }

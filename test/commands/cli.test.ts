@@ -54,6 +54,12 @@ describe('command line (in process)', () => {
     [['report', '--monitor=/tmp', '--ports=80', '--rejoin=automatic'], /--rejoin=automatic: not auto or manual, and not a program: automatic is not an executable in PATH/],
     [['report', '--monitor=/tmp', '--ports=80', '--isolate=2379,80000'], /--isolate/],
     [['report', '--monitor=/tmp', '--ports=80', `--isolate=${Array.from({length: 17}, (_, i) => 2000 + i).join(',')}`], /--isolate names 17 ports; at most 16/],
+    [['report', '--ports=80'], /give --monitor \(the directories to prove\), or --pid, --pid-file or --unit \(find them\), or both/],
+    [['report', '--ports=80', '--pid=1', '--unit=mariadb.service'], /--pid, --pid-file and --unit: give one of them/],
+    [['report', '--ports=80', '--unit=mariadb'], /--unit=mariadb: not a unit name of the form NAME\.service/],
+    [['report', '--ports=80', '--unit=my db.service'], /--unit=my db\.service: not a unit name/],
+    [['report', '--ports=80', '--pid=0'], /Invalid value for --pid/],
+    [['report', '--ports=80', '--pid=1', '--discover-interval=0'], /Invalid value for --discover-interval/],
     [['frobnicate'], /Command not found/],
   ];
   for (const [argv, message] of usage) {

@@ -22,7 +22,8 @@ export class MariaDb {
   private constructor(readonly proc: Proc, readonly datadir: string, readonly socket: string, readonly errorLog: string) {
   }
 
-  static async start(volume: LoopVolume, runDir: string, ns: string): Promise<MariaDb> {
+  /** `extra`: more server options (a binlog on a volume of its own, a tmpdir). */
+  static async start(volume: LoopVolume, runDir: string, ns: string, extra: ReadonlyArray<string> = []): Promise<MariaDb> {
     const datadir = path.join(volume.mountpoint, 'mysql');
     const socket = path.join(runDir, 'mysqld.sock');
     const errorLog = path.join(runDir, 'mysqld.err');
@@ -31,7 +32,7 @@ export class MariaDb {
     sh(['mariadb-install-db', '--no-defaults', `--datadir=${datadir}`, '--user=root', '--auth-root-authentication-method=socket', '--skip-test-db', ...SERVER_OPTIONS]);
     const proc = new Proc(spawn('ip', ['netns', 'exec', ns, 'mariadbd', '--no-defaults', `--datadir=${datadir}`, '--user=root',
       `--socket=${socket}`, `--pid-file=${path.join(runDir, 'mysqld.pid')}`, `--log-error=${errorLog}`,
-      `--port=${MARIADB_PORT}`, '--bind-address=::', '--skip-name-resolve', ...SERVER_OPTIONS], {stdio: ['ignore', 'pipe', 'pipe']}));
+      `--port=${MARIADB_PORT}`, '--bind-address=::', '--skip-name-resolve', ...SERVER_OPTIONS, ...extra], {stdio: ['ignore', 'pipe', 'pipe']}));
     const db = new MariaDb(proc, datadir, socket, errorLog);
     await waitFor('MariaDB ready for connections', () => !proc.running || /ready for connections/.test(db.log()), 60_000);
     if (!proc.running)

@@ -73,6 +73,19 @@ describe('metrics.prom: devices and fence durations', () => {
     assert.match(onlyOperator.line, /^WARNING: 1 reporter fenced, waiting for an operator \(db\): the disks answer again; ebsmon unblock lifts it, monitor pulse 0\.0s ago \| reporters=1 fenced=1 overridden=0 /);
   });
 
+  it('a volume the service writes to that nothing watches: in metrics, under the reporter in status, and a Nagios WARNING', () => {
+    const view = {...snapshot, reporters: [{...base, unwatched: [{file: '/binlog/mysql-bin.000042', device: '7:3', source: '/dev/loop3'}]}, {...base, name: 'www'}]};
+    const out = renderMetrics(view, now);
+    assert.equal(sampleOf(out, 'ebsmon_reporter_unwatched_info{reporter="mysql",file="/binlog/mysql-bin.000042",device="7:3",source="/dev/loop3"}'), 1);
+    assert.doesNotMatch(out, /ebsmon_reporter_unwatched_info\{reporter="www"/);
+    assert.equal(promtoolProblems(out) ?? null, null);
+    assert.match(renderTable(statusView(view, now)), /\nmysql .*\n {2}\/binlog\/mysql-bin\.000042 on \/dev\/loop3 \(7:3\), not watched\nwww /);
+    const nagios = renderNagios(statusView(view, now));
+    assert.equal(nagios.code, 1);
+    assert.match(nagios.line, /^WARNING: a volume written but not watched: mysql: \/binlog\/mysql-bin\.000042 on \/dev\/loop3 \(7:3\), not watched, monitor pulse 0\.0s ago \| reporters=2 /);
+    assert.equal(renderNagios(statusView(snapshot, now)).code, 0, 'none: OK');
+  });
+
   it('is clean for promtool check metrics', (t: TestContext) => {
     const problems = promtoolProblems(text);
     if (problems === undefined && !inCI)

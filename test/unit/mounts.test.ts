@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
+import {spawn} from 'node:child_process';
+import fs from 'node:fs';
 import {describe, it} from 'node:test';
+import type {TestContext} from 'node:test';
 
-import {checkMount, deviceNumbers, describeMount, missingFstabMount, mountOf, parseFstab, parseMountinfo, unescapeMountField} from '../../src/mounts';
+import {MountTableReader, checkMount, deviceNumbers, describeMount, missingFstabMount, mountOf, parseFstab, parseMountinfo, unescapeMountField} from '../../src/mounts';
+import {requireRoot} from '../helpers/rig';
 
 // Shaped like a real /proc/self/mountinfo: optional fields (shared:N, master:N) of varying number before the "-".
 const TABLE = [
@@ -119,4 +123,33 @@ describe('deviceNumbers', () => {
       assert.equal(deviceNumbers(dev), expected);
     });
   }
+});
+
+describe('the mount table read again and again', () => {
+  it('reads the whole table, however many pages it fills (procfs gives about a page a read)', async (t: TestContext) => {
+    if (!requireRoot(t))
+      return;
+    // A mount namespace of its own with 100 more mounts (stacked on one directory of it): a table of several pages.
+    const holder = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'for i in $(seq 100); do mount -t tmpfs -o size=4k ebsmon-test /mnt || exit 1; done; echo ready; exec sleep 60'], {stdio: ['ignore', 'pipe', 'inherit']});
+    try {
+      await new Promise<void>((resolve, reject) => {
+        holder.stdout.on('data', () => resolve());
+        holder.on('exit', code => reject(new Error(`unshare exited ${code}`)));
+      });
+      const file = `/proc/${holder.pid}/mountinfo`;
+      const whole = fs.readFileSync(file, 'utf8');
+      assert.ok(whole.length > 2 * 4096, `${whole.length} bytes`);
+      const reader = new MountTableReader(file);
+      try {
+        const first = reader.read();
+        assert.equal(first.changed, true);
+        assert.equal(first.entries.length, whole.split('\n').filter(line => line !== '').length);
+        assert.equal(first.entries.filter(e => e.source === 'ebsmon-test').length, 100);
+      } finally {
+        reader.close();
+      }
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  });
 });

@@ -33,6 +33,17 @@ describe('Registry: reporters, deadlines and what the firewall should hold', () 
   const states = () => Object.fromEntries([...registry.reporters.values()].map(r => [r.name, r.life.state]));
   const arm = (name: string) => registry.desired().find(d => d.name === name)?.arm;
 
+  it('keeps the written-but-not-watched volumes of the last heartbeat (none when it says none), in the snapshot and across a restart', () => {
+    const binlog = {file: '/binlog/mysql-bin.000042', device: '7:3', source: '/dev/loop3'};
+    registry.heartbeat(beat('mysql', {unwatched: [binlog]}));
+    assert.deepEqual(registry.snapshot()[0]!.unwatched, [binlog]);
+    const successor = new Registry({timeoutMs: 10_000, recover: 3, protectPorts: new Set([22]), maxReporters: 5}, {changed: () => {}, transition: () => {}, log: () => {}, refuse: () => {}}, clock);
+    successor.adopt(registry.snapshot(), null, false);
+    assert.deepEqual(successor.snapshot()[0]!.unwatched, [binlog]);
+    registry.heartbeat(beat('mysql', {seq: 2}));
+    assert.equal(registry.snapshot()[0]!.unwatched, undefined);
+  });
+
   it('fences at the deadline, not before, and the firewall is told at once', () => {
     registry.heartbeat(beat('mysql'));
     assert.deepEqual(arm('mysql'), {state: 'armed', until: 10_000});

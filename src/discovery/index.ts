@@ -1,0 +1,4 @@
+export * from './scan';
+export * from './scanner';
+export * from './script';
+export * from './tracker';
