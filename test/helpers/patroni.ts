@@ -68,9 +68,9 @@ export const REJOIN_PATRONI = path.join(ROOT, 'contrib', 'patroni', 'ebsmon-rejo
  * about 6 s after the hang, well inside Patroni's ttl of 15 s, so the node
  * loses its voice before its leader key can expire and another node takes it.
  */
-export const EBSMON_MONITOR = ['--firewall=nftables', '--timeout=5', '--recover=2'] as const;
+export const MONITOR_FLAGS = ['--firewall=nftables', '--timeout=5', '--recover=2'] as const;
 /** A probe slower than 1.5 s is a missed heartbeat, not yet a fence: under a third of the monitor's --timeout, as the monitor advises. */
-export const EBSMON_REPORTER = ['--interval=1', '--probe-timeout=1.5'] as const;
+export const REPORTER_FLAGS = ['--interval=1', '--probe-timeout=1.5'] as const;
 
 export type EbsmonOptions = {
   /** --isolate=2379: the node may not reach etcd while fenced (default true; false is the broken case a test must catch). */
@@ -394,7 +394,7 @@ export class PatroniCluster {
     sh(['mount', '-t', 'tmpfs', '-o', 'size=16m,mode=0755', 'tmpfs', stateDir]);
     this.teardown.add(['umount', '-l', stateDir]);
     const fifo = path.join(stateDir, 'ebsmon.fifo');
-    const monitor = this.track(ebsmon(['monitor', ...EBSMON_MONITOR, `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--log-format=json'], {ns: node.ns}));
+    const monitor = this.track(ebsmon(['monitor', ...MONITOR_FLAGS, `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--log-format=json'], {ns: node.ns}));
     await waitFor(`the monitor in ${name}`, () => {
       if (!monitor.running)
         throw new Error(`the monitor in ${name} exited: ${monitor.stderr}`);
@@ -403,7 +403,7 @@ export class PatroniCluster {
     const program = [REJOIN_PATRONI, `--api=http://${node.ip}:${node.apiPort}`, `--host=${node.runDir}`, `--port=${node.pgPort}`, '--user=postgres', '--dbname=postgres', '--timeout=3'].join(' ');
     const reporter = this.track(ebsmon(['report', `--name=${name}`, `--monitor=${node.mount}`, `--ports=${node.pgPort},${node.apiPort}`,
       ...(isolate ? [`--isolate=${ETCD_PORT}`] : []), `--rejoin=${rejoin === 'program' ? program : 'auto'}`,
-      `--state-dir=${stateDir}`, `--fifo=${fifo}`, ...EBSMON_REPORTER, '--log-format=json'], {ns: node.ns}));
+      `--state-dir=${stateDir}`, `--fifo=${fifo}`, ...REPORTER_FLAGS, '--log-format=json'], {ns: node.ns}));
     const started = new NodeEbsmon(node, stateDir, monitor, reporter);
     this.ebsmon.set(name, started);
     await waitFor(`the reporter in ${name} healthy`, () => {
