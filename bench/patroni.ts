@@ -1,14 +1,15 @@
-// The control cases for a Patroni cluster whose primary's disk hangs, then
-// resumes: what happens without fencing, and with the hand-made nftables
-// fence that ebsmon is to automate (inbound reset, outbound to etcd cut,
-// replies held; lifted in two stages by patroni-rejoin.sh). A fresh cluster
-// per run; a table per Patroni version.
+// A Patroni cluster whose primary's disk hangs, then resumes: the control
+// cases (no fencing, and the hand-made nftables fence that ebsmon automates:
+// inbound reset, outbound to etcd cut, replies held; lifted in two stages by
+// patroni-rejoin.sh) beside ebsmon itself on every node (its own fence,
+// lifted in two stages by contrib/patroni/ebsmon-rejoin-patroni). A fresh
+// cluster per run; a table per Patroni version.
 import {spawn, spawnSync} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import {API_PORT, DCS, ETCD_PORT, PG_PORT, PatroniCluster, patroniVersion} from '../test/helpers/patroni';
-import type {HangOptions, NodeName, ObserverEvent, PatroniCommand} from '../test/helpers/patroni';
+import {API_PORT, DCS, ETCD_PORT, PG_PORT, PatroniCluster, keyHistory, patroniVersion} from '../test/helpers/patroni';
+import type {HangOptions, NodeEbsmon, NodeName, PatroniCommand} from '../test/helpers/patroni';
 import {HELPER} from '../test/helpers/proc';
 import {inNs, waitFor} from '../test/helpers/rig';
 
@@ -18,8 +19,10 @@ import {line, results} from './stats';
  * none: no fencing. inbound: remote connections to 5432 and 8008 reset (what a
  * port fence does alone), lifted at the resume. staged: the operator's rules
  * (also: outbound to etcd cut, replies from 5432 held), lifted in two stages.
+ * ebsmon: ebsmon's monitor and reporter on every node (see startEbsmon), its
+ * Patroni rejoin program deciding both stages.
  */
-type Fence = 'none' | 'inbound' | 'staged';
+type Fence = 'none' | 'inbound' | 'staged' | 'ebsmon';
 type Case = {key: string, label: string, hang: HangOptions, fence: Fence};
 
 export const CASES: ReadonlyArray<Case> = [
@@ -29,6 +32,9 @@ export const CASES: ReadonlyArray<Case> = [
   {key: 'd', label: 'hand-made nft fence, cache warm', hang: {dropCache: false}, fence: 'staged'},
   {key: 'e', label: 'inbound-only fence, cache dropped', hang: {dropCache: true}, fence: 'inbound'},
   {key: 'f', label: 'hand-made nft fence, cache dropped', hang: {dropCache: true}, fence: 'staged'},
+  {key: 'g', label: 'ebsmon, page cache warm', hang: {dropCache: false}, fence: 'ebsmon'},
+  {key: 'h', label: 'ebsmon, page cache dropped', hang: {dropCache: true}, fence: 'ebsmon'},
+  {key: 'i', label: 'ebsmon, Patroni\'s loop stalled', hang: {dropCache: false, stallPatroni: true}, fence: 'ebsmon'},
 ];
 
 /** When the hand-made fence goes in, after the hang began (as the operator did it). */
@@ -52,7 +58,9 @@ export type Run = {
   oldAcksSplit: number;
   /** From the resume to one leader with a streaming replica. */
   healthyAfterResumeMs: number | null;
-  /** The fenced case: from the resume to each stage's lift. */
+  /** ebsmon: from the hang to the fence (the monitor's record of when it began). */
+  fencedMs?: number | null;
+  /** The fenced cases: from the resume to each stage's lift. */
   etcdLiftedMs?: number | null;
   clientsLiftedMs?: number | null;
   finalPrimary: string;
@@ -107,18 +115,6 @@ function rejoinCheck(cluster: PatroniCluster, name: NodeName): Promise<{code: nu
   });
 }
 
-/** The leader key's holders from `since` on: the one at `since`, then each change (the observer's failed reads skipped). */
-export function keyHistory(observations: Array<ObserverEvent>, since: number): Array<{holder: string | null, t: number}> {
-  const reads = observations.filter(o => o.src === 'etcd' && o.leader !== undefined);
-  const before = reads.filter(o => o.t < since).at(-1);
-  const history = before === undefined ? [] : [{holder: before.leader!, t: since}];
-  for (const o of reads.filter(r => r.t >= since)) {
-    if (history.at(-1)?.holder !== o.leader)
-      history.push({holder: o.leader!, t: o.t});
-  }
-  return history;
-}
-
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 
 /**
@@ -150,18 +146,54 @@ async function liftInStages(cluster: PatroniCluster, name: NodeName, until: numb
   return {etcd, clients: null, said};
 }
 
+type Lifts = {etcd: number | null, clients: number | null, said: Array<string>};
+
+/**
+ * ebsmon's stages on the old primary, as its monitor records them: when the
+ * fence began, when the voice came back (stage voice), when the clients did
+ * (healthy again). Polls until the clients are back or `until`.
+ */
+async function watchEbsmon(guard: NodeEbsmon, hangAt: number, until: () => number): Promise<Lifts & {fenced: number | null}> {
+  let fenced: number | null = null;
+  let etcd: number | null = null;
+  const said: Array<string> = [];
+  while (Date.now() < until()) {
+    const r = guard.record();
+    if (r?.state === 'fenced') {
+      fenced ??= r.fencedSince;
+      if (r.rejoin?.stage === 'voice')
+        etcd ??= Date.now();
+      const words = `${r.rejoin?.stage ?? ''} ${r.rejoin?.reason ?? ''}`;
+      if (said.at(-1)?.endsWith(words) !== true)
+        said.push(`${new Date().toISOString()} ${words}`);
+    } else if (r?.state === 'healthy' && fenced !== null && Date.now() > hangAt) {
+      const clients = Date.now();
+      return {fenced, etcd: etcd ?? clients, clients, said};
+    }
+    await sleep(200);
+  }
+  return {fenced, etcd, clients: null, said};
+}
+
 export async function patroniRun(dir: string, patroni: PatroniCommand, version: string, c: Case, hangSeconds: number, route: 'patroni' | 'libpq'): Promise<Run> {
   const cluster = await PatroniCluster.start(dir, {patroni});
   try {
+    const guards = new Map<NodeName, NodeEbsmon>();
+    if (c.fence === 'ebsmon') {
+      for (const n of cluster.nodes)
+        guards.set(n.name, await cluster.startEbsmon(n.name));
+    }
     const writer = cluster.startWriter({route});
     await waitFor('the writer writing', () => writer.acks().length >= 100, 60_000, 100);
     const old = cluster.healthy() ?? 'pg1';
     const other = cluster.other(old).name;
     const hangAt = cluster.hang(old, c.hang);
-    let lifting: Promise<{etcd: number | null, clients: number | null, said: Array<string>}> | undefined;
+    let lifting: Promise<Lifts & {fenced?: number | null}> | undefined;
     let resumedAt = 0;
+    if (c.fence === 'ebsmon')
+      lifting = watchEbsmon(guards.get(old)!, hangAt, () => (resumedAt === 0 ? Infinity : resumedAt + 300_000));
     try {
-      if (c.fence !== 'none') {
+      if (c.fence === 'inbound' || c.fence === 'staged') {
         await sleep(FENCE_AFTER_MS);
         if (c.fence === 'staged') {
           nft(cluster.node(old).ns, FENCE_ETCD + FENCE_CLIENTS);
@@ -207,7 +239,8 @@ export async function patroniRun(dir: string, patroni: PatroniCommand, version: 
       oldAcksDuringHang: writer.acks(hangAt).filter(e => e.node === old && e.t < resumedAt).length,
       oldAcksSplit: tookOver < 0 ? 0 : writer.acks(Math.max(resumedAt, key[tookOver]!.t)).filter(e => e.node === old).length,
       healthyAfterResumeMs: healthyAt === null ? null : healthyAt - resumedAt,
-      ...(c.fence === 'staged' ? {etcdLiftedMs: lifts?.etcd == null ? null : lifts.etcd - resumedAt, clientsLiftedMs: lifts?.clients == null ? null : lifts.clients - resumedAt} : {}),
+      ...(c.fence === 'ebsmon' ? {fencedMs: lifts?.fenced == null ? null : lifts.fenced - hangAt} : {}),
+      ...(c.fence === 'staged' || c.fence === 'ebsmon' ? {etcdLiftedMs: lifts?.etcd == null ? null : lifts.etcd - resumedAt, clientsLiftedMs: lifts?.clients == null ? null : lifts.clients - resumedAt} : {}),
       finalPrimary: verdict.finalPrimary,
       demoted: /demoting self because DCS is not accessible/.test(cluster.patroniLog(old)),
     };
@@ -275,7 +308,7 @@ const cell = (v: number | null | undefined, unit = ' s') => (v === null || v ===
 export async function patroniControls(dir: string): Promise<void> {
   const hangSeconds = Number(process.env.BENCH_PATRONI_HANG ?? 60);
   const runs = Number(process.env.BENCH_PATRONI_RUNS ?? 1);
-  const only = (process.env.BENCH_PATRONI_CASES ?? 'abcdef').split('');
+  const only = (process.env.BENCH_PATRONI_CASES ?? 'abcdefghi').split('');
   const versions = (process.env.BENCH_PATRONI_VERSIONS ?? 'system,unstable').split(',');
   // How the application finds the primary: Patroni's REST API (as HAProxy does) or libpq's read-write check.
   const route = process.env.BENCH_PATRONI_ROUTE === 'libpq' ? 'libpq' : 'patroni';
@@ -289,7 +322,8 @@ export async function patroniControls(dir: string): Promise<void> {
       for (let i = 0; i < runs; i++) {
         const r = await patroniRun(path.join(dir, `patroni-${version}-${c.key}-${i}`), command, version, c, hangSeconds, route);
         all.push(r);
-        const lifts = c.fence === 'staged' ? `; etcd cut lifted ${cell(r.etcdLiftedMs)}, clients ${cell(r.clientsLiftedMs)} after the resume` : '';
+        const fenced = c.fence === 'ebsmon' ? `; fenced ${cell(r.fencedMs ?? null)} after the hang` : '';
+        const lifts = c.fence === 'staged' || c.fence === 'ebsmon' ? `${fenced}; etcd cut lifted ${cell(r.etcdLiftedMs)}, clients ${cell(r.clientsLiftedMs)} after the resume` : '';
         const holders = r.key.map((k, i) => `${k.holder ?? 'none'}${i === 0 ? '' : ` +${(k.ms / 1000).toFixed(1)}`}`).join(' -> ');
         process.stdout.write(`  ${`(${c.key}) ${c.label}`.padEnd(44)} ${(r.failover ? 'yes' : 'no').padEnd(9)} ${cell(r.firstNewCommitMs).padEnd(20)} ${(r.reclaimed ? 'yes' : 'no').padEnd(10)} ${String(r.lost).padEnd(5)} ${`${r.oldAcksDuringHang}, ${r.oldAcksSplit}`.padEnd(21)} ${cell(r.healthyAfterResumeMs)}\n`);
         process.stdout.write(`      leader key: ${holders}${lifts}\n`);

@@ -341,7 +341,7 @@ async function main(): Promise<void> {
       ['footprint', () => monitorFootprint(dir, teardown, seconds('BENCH_STEADY_SECONDS', 60))],
       ['latency', () => packetPathLatency(dir, teardown)],
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
-      // BENCH_PATRONI_HANG (60 s), BENCH_PATRONI_RUNS (1; about 85 s a run), BENCH_PATRONI_CASES (abcdef), BENCH_PATRONI_ROUTE (patroni), BENCH_PATRONI_VERSIONS (system,unstable).
+      // BENCH_PATRONI_HANG (60 s), BENCH_PATRONI_RUNS (1; about 95 s a run, 18 runs by default), BENCH_PATRONI_CASES (abcdefghi: g-i are ebsmon), BENCH_PATRONI_ROUTE (patroni), BENCH_PATRONI_VERSIONS (system,unstable).
       ['patroni', () => patroniControls(dir)],
       ['verdicts', () => verdictsCost(volume, dir)],
       // make soak (BENCH_ONLY=soak) runs SOAK_SECONDS, 600 by default; a whole make bench, 300 unless SOAK_SECONDS says.

@@ -2,9 +2,10 @@ import {spawn, spawnSync} from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import type {ReporterSnapshot} from '../../src/state';
 import {HungDisk} from './hang';
-import {HELPER, Proc} from './proc';
-import {Teardown, inNs, sh, waitFor} from './rig';
+import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn} from './proc';
+import {ROOT, Teardown, inNs, sh, waitFor} from './rig';
 
 /**
  * A Patroni + etcd + PostgreSQL 15 cluster in network namespaces, started by
@@ -14,9 +15,9 @@ import {Teardown, inNs, sh, waitFor} from './rig';
  * for reads and writes, see HungDisk) and `client` (the application and an
  * observer). Logs, sockets and pid files stay off the hung disks.
  *
- * A node's future ebsmon monitor runs inside the node's namespace (its nft
- * table is per namespace): every node exposes its namespace, address, ports,
- * the volume's mount root and PGDATA, and the cluster exposes etcd's address.
+ * ebsmon runs inside each node's namespace (its nft table is per namespace,
+ * and the rejoin program talks to that node's Patroni and PostgreSQL), with a
+ * state directory and FIFO of the node's own: namespaces share the filesystem.
  */
 
 export const SUBNET = '10.217.0.0/24';
@@ -57,6 +58,49 @@ export type PgNode = {
   logDir: string;
   disk: HungDisk;
 };
+
+/** The rejoin program for a node under Patroni (contrib/): exit 10 once it is no primary, 0 once it streams from the leader. */
+export const REJOIN_PATRONI = path.join(ROOT, 'contrib', 'patroni', 'ebsmon-rejoin-patroni');
+
+/**
+ * ebsmon's settings in the rig. The monitor fences 5 s after the last
+ * heartbeat (a heartbeat a second): with the disk's first failed probe that is
+ * about 6 s after the hang, well inside Patroni's ttl of 15 s, so the node
+ * loses its voice before its leader key can expire and another node takes it.
+ */
+export const MONITOR_FLAGS = ['--firewall=nftables', '--timeout=5', '--recover=2'] as const;
+/** A probe slower than 1.5 s is a missed heartbeat, not yet a fence: under a third of the monitor's --timeout, as the monitor advises. */
+export const REPORTER_FLAGS = ['--interval=1', '--probe-timeout=1.5'] as const;
+
+export type EbsmonOptions = {
+  /** --isolate=2379: the node may not reach etcd while fenced (default true; false is the broken case a test must catch). */
+  isolate?: boolean;
+  /** --rejoin: the Patroni program (default), or auto (lifted by heartbeats alone). */
+  rejoin?: 'program' | 'auto';
+};
+
+/** One node's ebsmon: its monitor and its reporter, both in the node's namespace. */
+export class NodeEbsmon {
+  constructor(readonly node: PgNode, readonly stateDir: string, readonly monitor: Proc, readonly reporter: Proc) {
+  }
+
+  /** The reporter's record in the monitor's snapshot (named after the node). */
+  record(): ReporterSnapshot | undefined {
+    return reporterIn(this.stateDir, this.node.name);
+  }
+
+  /** What `ebsmon status` prints for this node (without colours: not a TTY). */
+  async status(): Promise<string> {
+    const {stdout, stderr} = await ebsmonOnce(['status', `--state-dir=${this.stateDir}`], {ns: this.node.ns});
+    return `${stdout}${stderr}`;
+  }
+
+  /** The last lines of both processes' logs. */
+  logTail(lines = 15): string {
+    const tail = (text: string) => text.split('\n').slice(-lines).join('\n');
+    return `--- ebsmon monitor in ${this.node.name}\n${tail(this.monitor.stderr)}\n--- ebsmon report in ${this.node.name}\n${tail(this.reporter.stderr)}`;
+  }
+}
 
 export type HangOptions = {
   /** Drop the page cache too: reads of the disk hang unless a process has them mapped (default true). */
@@ -99,6 +143,18 @@ const readLines = <T>(file: string): Array<T> => {
   return fs.readFileSync(file, 'utf8').split('\n').filter(l => l.startsWith('{')).map(l => JSON.parse(l) as T);
 };
 
+/** The leader key's holders from `since` on: the one at `since`, then each change (the observer's failed reads skipped). */
+export function keyHistory(observations: Array<ObserverEvent>, since: number): Array<{holder: string | null, t: number}> {
+  const reads = observations.filter(o => o.src === 'etcd' && o.leader !== undefined);
+  const before = reads.filter(o => o.t < since).at(-1);
+  const history = before === undefined ? [] : [{holder: before.leader!, t: since}];
+  for (const o of reads.filter(r => r.t >= since)) {
+    if (history.at(-1)?.holder !== o.leader)
+      history.push({holder: o.leader!, t: o.t});
+  }
+  return history;
+}
+
 /** The application (pgwriter.py) in the client namespace. */
 export class PgWriter {
   constructor(readonly proc: Proc, readonly file: string) {
@@ -127,6 +183,7 @@ export class PatroniCluster {
   private readonly procs: Array<Proc> = [];
   private readonly patroni = new Map<NodeName, Proc>();
   private readonly stalled = new Set<NodeName>();
+  private readonly ebsmon = new Map<NodeName, NodeEbsmon>();
   private writers = 0;
 
   private constructor(
@@ -322,6 +379,41 @@ export class PatroniCluster {
     this.patroni.set(node.name, proc);
   }
 
+  /**
+   * ebsmon on one node: a monitor (nftables) and a reporter proving the
+   * volume's mount root (not PGDATA: the probe's file belongs at the root of
+   * what hangs), fencing 5432 and 8008, isolating etcd's 2379, rejoining
+   * through the Patroni program. Returns once the reporter is healthy and its
+   * ports and etcd's port are armed in the node's table.
+   */
+  async startEbsmon(name: NodeName, {isolate = true, rejoin = 'program'}: EbsmonOptions = {}): Promise<NodeEbsmon> {
+    const node = this.node(name);
+    const stateDir = path.join(path.dirname(node.runDir), 'ebsmon');
+    fs.mkdirSync(stateDir, {recursive: true, mode: 0o755});
+    // As in production: the monitor's state on tmpfs, so its pulse never waits on a disk.
+    sh(['mount', '-t', 'tmpfs', '-o', 'size=16m,mode=0755', 'tmpfs', stateDir]);
+    this.teardown.add(['umount', '-l', stateDir]);
+    const fifo = path.join(stateDir, 'ebsmon.fifo');
+    const monitor = this.track(ebsmon(['monitor', ...MONITOR_FLAGS, `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--log-format=json'], {ns: node.ns}));
+    await waitFor(`the monitor in ${name}`, () => {
+      if (!monitor.running)
+        throw new Error(`the monitor in ${name} exited: ${monitor.stderr}`);
+      return monitor.logs().some(l => l.message === 'monitor running');
+    }, 30_000, 100);
+    const program = [REJOIN_PATRONI, `--api=http://${node.ip}:${node.apiPort}`, `--host=${node.runDir}`, `--port=${node.pgPort}`, '--user=postgres', '--dbname=postgres', '--timeout=3'].join(' ');
+    const reporter = this.track(ebsmon(['report', `--name=${name}`, `--monitor=${node.mount}`, `--ports=${node.pgPort},${node.apiPort}`,
+      ...(isolate ? [`--isolate=${ETCD_PORT}`] : []), `--rejoin=${rejoin === 'program' ? program : 'auto'}`,
+      `--state-dir=${stateDir}`, `--fifo=${fifo}`, ...REPORTER_FLAGS, '--log-format=json'], {ns: node.ns}));
+    const started = new NodeEbsmon(node, stateDir, monitor, reporter);
+    this.ebsmon.set(name, started);
+    await waitFor(`the reporter in ${name} healthy`, () => {
+      if (!reporter.running)
+        throw new Error(`the reporter in ${name} exited: ${reporter.stderr}`);
+      return started.record()?.state === 'healthy';
+    }, 30_000, 100);
+    return started;
+  }
+
   node(name: NodeName): PgNode {
     return this.nodes.find(n => n.name === name)!;
   }
@@ -448,8 +540,8 @@ export class PatroniCluster {
   /** The last lines of every log, for a failure's message. */
   logTail(): string {
     const tail = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').slice(-15).join('\n') : '(none)');
-    return [path.join(this.dir, 'etcd.log'), ...this.nodes.flatMap(n => [path.join(n.logDir, 'patroni.log'), path.join(n.logDir, 'postgresql.log')])]
-      .map(file => `--- ${path.relative(this.dir, file)}\n${tail(file)}`).join('\n');
+    return [[path.join(this.dir, 'etcd.log'), ...this.nodes.flatMap(n => [path.join(n.logDir, 'patroni.log'), path.join(n.logDir, 'postgresql.log')])]
+      .map(file => `--- ${path.relative(this.dir, file)}\n${tail(file)}`).join('\n'), ...[...this.ebsmon.values()].map(e => e.logTail())].join('\n');
   }
 
   /**
