@@ -78,6 +78,23 @@ export class GaleraWriter {
   }
 }
 
+/**
+ * The longest pause between two commits of these writers taken together, from
+ * `since` to the last commit (or `until`, when given and later): when the last
+ * commit before it was acknowledged, and when the first one after it was.
+ */
+export function longestStall(writers: ReadonlyArray<GaleraWriter>, since: number, until?: number): {from: number, to: number} {
+  const times = [since, ...writers.flatMap(w => w.acks(since).map(e => e.t)).sort((a, b) => a - b)];
+  if (until !== undefined && until > times.at(-1)!)
+    times.push(until);
+  let best = {from: since, to: since};
+  for (let i = 1; i < times.length; i++) {
+    if (times[i]! - times[i - 1]! > best.to - best.from)
+      best = {from: times[i - 1]!, to: times[i]!};
+  }
+  return best;
+}
+
 export type Verdict = {
   acked: number;
   /** Acknowledged ids missing from the table of the node it is read on. */
