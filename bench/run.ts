@@ -17,6 +17,7 @@ import {EBSMON, LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/h
 import {cutterFigures} from './cutter';
 import {freezeThawCycles} from './cycles';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
+import {galeraHangs} from './galera';
 import {mariadbTimeToError} from './mariadb';
 import {patroniControls} from './patroni';
 import {recordCycle} from './picture';
@@ -341,6 +342,8 @@ async function main(): Promise<void> {
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
       // BENCH_PATRONI_HANG (60 s), BENCH_PATRONI_RUNS (1; about 85 s a run), BENCH_PATRONI_CASES (abcdef), BENCH_PATRONI_ROUTE (patroni), BENCH_PATRONI_VERSIONS (system,unstable).
       ['patroni', () => patroniControls(dir)],
+      // BENCH_GALERA_HANG (30 s), BENCH_GALERA_RUNS (2 a mode), BENCH_GALERA_MODES (none,ebsmon).
+      ['galera', () => galeraHangs(dir)],
       ['verdicts', () => verdictsCost(volume, dir)],
       // make soak (BENCH_ONLY=soak) runs SOAK_SECONDS, 600 by default; a whole make bench, 300 unless SOAK_SECONDS says.
       ['soak', () => soak(dir, teardown, soakOptions(only.length === 0 ? {SOAK_SECONDS: '300', ...process.env} : process.env))],

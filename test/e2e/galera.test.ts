@@ -1,20 +1,18 @@
 import assert from 'node:assert/strict';
 import {spawnSync} from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import {after, before, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
 import {dir as tmpDir} from 'tmp-promise';
 
 import {ebsmonTable} from '../helpers/firewall';
-import {GCOMM_PORT, GaleraCluster, IST_PORT, MYSQL_PORT, SST_PORT, longestStall} from '../helpers/galera';
+import {CHECK, GaleraCluster, longestStall, startEbsmon} from '../helpers/galera';
 import type {GaleraWriter} from '../helpers/galera';
-import {Proc, ebsmon, reporterIn} from '../helpers/proc';
-import {ROOT, inNs, isRoot, requireRoot, waitFor} from '../helpers/rig';
+import {reporterIn} from '../helpers/proc';
+import type {Proc} from '../helpers/proc';
+import {inNs, isRoot, requireRoot, waitFor} from '../helpers/rig';
 
 const TIMEOUT = 2;
-const CHECK = path.join(ROOT, 'contrib', 'galera', 'ebsmon-check-galera');
-const PORTS = [MYSQL_PORT, GCOMM_PORT, IST_PORT, SST_PORT];
 /** The writers' own timeout: a commit stalled by flow control waits this long before the application gives up and retries. */
 const WRITER_TIMEOUT = 3;
 /** The client on the hung node waits longer than the whole hang: only a reset ends its wait. */
@@ -60,17 +58,9 @@ describe('MariaDB Galera cluster, one node\'s disk hangs, ebsmon on that node', 
     requireRoot(t);
     const c = cluster!;
     const g3 = c.node('g3');
-    stateDir = path.join(dir, 'ebsmon');
-    fs.mkdirSync(stateDir);
-    const fifo = path.join(stateDir, 'ebsmon.fifo');
-    const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${TIMEOUT}`, '--recover=2'], {ns: g3.ns});
-    procs.push(monitor);
-    await waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
-    const check = `${CHECK} --socket=${g3.socket} --state=${path.join(stateDir, 'galera-check.json')} --timeout=0.8 --stalled=1`;
-    const reporter = ebsmon(['report', `--monitor=${g3.datadir}`, `--ports=${PORTS.join(',')}`, `--isolate=${GCOMM_PORT}`, '--rejoin=auto',
-      '--name=galera', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--interval=0.5', '--probe-timeout=1', `--check=${check}`], {ns: g3.ns});
-    procs.push(reporter);
-    await waitFor('the reporter healthy', () => state() === 'healthy');
+    const on = await startEbsmon(g3, path.join(dir, 'ebsmon'), {timeout: TIMEOUT});
+    procs.push(on.monitor, on.reporter);
+    stateDir = on.stateDir;
     const table = ebsmonTable(g3.ns);
     assert.deepEqual([...table!.guarded.keys()].sort((a, b) => a - b), [3306, 4444, 4567, 4568]);
     assert.deepEqual([...table!.isolated.keys()], [4567]);

@@ -3,8 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {HungDisk} from './hang';
-import {HELPER, Proc} from './proc';
-import {Teardown, inNs, sh, waitFor} from './rig';
+import {HELPER, Proc, ebsmon, reporterIn} from './proc';
+import {ROOT, Teardown, inNs, sh, waitFor} from './rig';
 
 /**
  * A three-node MariaDB Galera cluster in network namespaces, started by the
@@ -100,6 +100,38 @@ export type Verdict = {
   /** Acknowledged ids missing from the table of the node it is read on. */
   lost: Array<number>;
 };
+
+/** The ports ebsmon fences on a Galera node, and the one its node may not reach while fenced. */
+export const FENCED_PORTS = [MYSQL_PORT, GCOMM_PORT, IST_PORT, SST_PORT];
+export const ISOLATED_PORT = GCOMM_PORT;
+export const CHECK = path.join(ROOT, 'contrib', 'galera', 'ebsmon-check-galera');
+
+export type EbsmonOnNode = {monitor: Proc, reporter: Proc, stateDir: string, state: () => string | undefined, failure: () => string | undefined};
+
+/**
+ * ebsmon on one node, as contrib/galera deploys it: its monitor and its
+ * reporter (named galera, proving the datadir, with ebsmon-check-galera) in
+ * the node's namespace, their FIFO and state in `stateDir`. Returns once the
+ * reporter is healthy; the caller stops both.
+ */
+export async function startEbsmon(node: GaleraNode, stateDir: string, {timeout = 2, stalled = 1}: {timeout?: number, stalled?: number} = {}): Promise<EbsmonOnNode> {
+  fs.mkdirSync(stateDir, {recursive: true});
+  const fifo = path.join(stateDir, 'ebsmon.fifo');
+  const monitor = ebsmon(['monitor', `--fifo=${fifo}`, `--state-dir=${stateDir}`, `--timeout=${timeout}`, '--recover=2'], {ns: node.ns});
+  const check = `${CHECK} --socket=${node.socket} --state=${path.join(stateDir, 'galera-check.json')} --timeout=0.8 --stalled=${stalled}`;
+  const reporter = ebsmon(['report', `--monitor=${node.datadir}`, `--ports=${FENCED_PORTS.join(',')}`, `--isolate=${ISOLATED_PORT}`, '--rejoin=auto',
+    '--name=galera', `--fifo=${fifo}`, `--state-dir=${stateDir}`, '--interval=0.5', '--probe-timeout=1', `--check=${check}`], {ns: node.ns});
+  const on: EbsmonOnNode = {monitor, reporter, stateDir, state: () => reporterIn(stateDir, 'galera')?.state, failure: () => reporterIn(stateDir, 'galera')?.failure?.reason};
+  try {
+    await waitFor('the monitor', () => monitor.logs().some(l => l.message === 'monitor running'));
+    await waitFor('the reporter healthy', () => on.state() === 'healthy');
+  } catch (error) {
+    await reporter.stop();
+    await monitor.stop();
+    throw error;
+  }
+  return on;
+}
 
 let clusterCounter = 0;
 
