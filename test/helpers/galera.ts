@@ -5,6 +5,7 @@ import path from 'node:path';
 import {HungDisk} from './hang';
 import {HELPER, Proc, ebsmon, reporterIn} from './proc';
 import {ROOT, Teardown, inNs, sh, waitFor} from './rig';
+import {createSwitchedNet, letServiceUsersIn} from './switch';
 
 /**
  * A three-node MariaDB Galera cluster in network namespaces, started by the
@@ -159,14 +160,8 @@ export class GaleraCluster {
     clusterCounter += 1;
     const tag = `${process.pid % 100000}${clusterCounter}`;
     fs.mkdirSync(dir, {recursive: true});
-    // mariadbd runs as mysql (as root, the rsync SST daemon it starts would write as nobody):
-    // it walks into its run and data directories (a temporary directory is 0700, and so may be the one it is made in).
-    for (let d = path.resolve(dir); d !== '/'; d = path.dirname(d)) {
-      const mode = fs.statSync(d).mode & 0o7777;
-      if ((mode & 0o001) === 0)
-        fs.chmodSync(d, mode | 0o011);
-    }
-    fs.chmodSync(dir, 0o755);
+    // mariadbd runs as mysql: as root, the rsync SST daemon it starts would write as nobody.
+    letServiceUsersIn(dir);
     const teardown = new Teardown(dir);
     let cluster: GaleraCluster;
     try {
@@ -186,25 +181,11 @@ export class GaleraCluster {
   }
 
   private static async build(dir: string, teardown: Teardown, tag: string, diskMb: number): Promise<GaleraCluster> {
-    const ns = (role: string) => `ebsmon-gal${role}-${tag}`;
-    const switchNs = ns('sw');
-    const net = ['g1', 'g2', 'g3', 'client'].map((role, i) => ({role, ns: ns(role), ip: `10.218.0.${[11, 12, 13, 20][i]!}`, port: `g${i}x${tag}`}));
-    for (const n of [switchNs, ...net.map(m => m.ns)]) {
-      sh(['ip', 'netns', 'add', n]);
-      teardown.add(['ip', 'netns', 'del', n]);
-      sh(['ip', '-n', n, 'link', 'set', 'lo', 'up']);
-    }
-    sh(['ip', '-n', switchNs, 'link', 'add', 'br0', 'type', 'bridge']);
-    sh(['ip', '-n', switchNs, 'link', 'set', 'br0', 'up']);
-    for (const m of net) {
-      sh(['ip', 'link', 'add', m.port, 'netns', switchNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', m.ns]);
-      sh(['ip', '-n', switchNs, 'link', 'set', m.port, 'master', 'br0', 'up']);
-      sh(['ip', '-n', m.ns, 'addr', 'add', `${m.ip}/24`, 'dev', 'eth0']);
-      sh(['ip', '-n', m.ns, 'link', 'set', 'eth0', 'up']);
-    }
-    const clientNet = net[3]!;
+    const {switchNs, hosts} = createSwitchedNet(teardown, {prefix: 'gal', letter: 'g', tag,
+      hosts: [{role: 'g1', ip: '10.218.0.11'}, {role: 'g2', ip: '10.218.0.12'}, {role: 'g3', ip: '10.218.0.13'}, {role: 'client', ip: '10.218.0.20'}]});
+    const clientNet = hosts[3]!;
     const nodes: Array<GaleraNode> = [];
-    for (const m of net.slice(0, 3)) {
+    for (const m of hosts.slice(0, 3)) {
       const nodeDir = path.join(dir, m.role);
       fs.mkdirSync(nodeDir, {mode: 0o755});
       const disk = await HungDisk.create(nodeDir, teardown, diskMb);
