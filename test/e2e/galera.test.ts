@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import {spawnSync} from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import {after, before, describe, it} from 'node:test';
 import type {TestContext} from 'node:test';
@@ -70,13 +71,18 @@ describe('MariaDB Galera cluster, one node\'s disk hangs, ebsmon on that node', 
     await waitFor('commits on all three nodes', () => [...writers, waiter].every(w => w.acks().length >= 20), 30_000, 100);
 
     // The check program alone: silent and 0 on a node that applies what it receives, 0 with a word when MariaDB does not answer.
-    const checkState = path.join(dir, 'check-alone.json');
+    // Its state's directory is made if missing (the monitor's tmpfs may not be there yet).
+    const checkState = path.join(dir, 'check-alone', 'state.json');
     const run = (socket: string) => spawnSync('ip', inNs(c.node('g1').ns, [CHECK, `--socket=${socket}`, `--state=${checkState}`, '--timeout=1']).slice(1), {encoding: 'utf8', timeout: 10_000});
     assert.deepEqual([run(c.node('g1').socket).status, run(c.node('g1').socket).stdout], [0, '']);
     const silent = run(path.join(dir, 'no-such.sock'));
     assert.deepEqual([silent.status, silent.stdout.trim()], [0, `MariaDB did not answer a status query in 1 s over ${path.join(dir, 'no-such.sock')}`]);
     const again = run(c.node('g1').socket);
     assert.deepEqual([again.status, again.stdout.trim()], [0, 'the status query of 0 s ago did not answer; not asking again before 60 s']);
+    fs.writeFileSync(path.join(dir, 'check-file'), '');
+    const unwritable = spawnSync(CHECK, [`--socket=${c.node('g1').socket}`, `--state=${path.join(dir, 'check-file')}/under-a-file.json`], {encoding: 'utf8', input: '', timeout: 10_000});
+    assert.equal(unwritable.status, 0, 'a check that cannot judge does not fence');
+    assert.match(unwritable.stdout, /^ebsmon-check-galera could not judge: /);
   });
 
   it('g3\'s disk hangs: its waiting client is reset, g1 and g2 evict it and commit again', async (t: TestContext) => {
