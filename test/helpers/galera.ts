@@ -22,7 +22,6 @@ import {createSwitchedNet, letServiceUsersIn} from './switch';
  * which, as by default, is the file galera.cache in the datadir.
  */
 
-export const SUBNET = '10.218.0.0/24';
 export const MYSQL_PORT = 3306;
 /** Galera's group communication. */
 export const GCOMM_PORT = 4567;
@@ -39,7 +38,6 @@ const PROVIDER = '/usr/lib/galera/libgalera_smm.so';
 const SERVER_OPTIONS = ['--innodb-log-file-size=16M', '--innodb-buffer-pool-size=32M'];
 
 export type GaleraNodeName = 'g1' | 'g2' | 'g3';
-export const NODE_NAMES: ReadonlyArray<GaleraNodeName> = ['g1', 'g2', 'g3'];
 
 export type GaleraNode = {
   name: GaleraNodeName;
