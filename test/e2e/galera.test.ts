@@ -97,6 +97,8 @@ describe('MariaDB Galera cluster, one node\'s disk hangs, ebsmon on that node', 
       if (failure !== undefined)
         said.add(failure);
     }, 100);
+    // A failed assertion below must not keep the test process alive.
+    listen.unref();
     const evictedAt = await waitFor('g1 and g2 in a Primary component of 2', () => {
       const [s1, s2] = [c.status(g1), c.status(g2)];
       return s1.wsrep_cluster_size === '2' && s2.wsrep_cluster_size === '2' && s1.wsrep_cluster_status === 'Primary' && s2.wsrep_cluster_status === 'Primary' && Date.now();
