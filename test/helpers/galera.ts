@@ -34,8 +34,11 @@ export const APP_PASSWORD = 'rig-secret';
 const PYTHON = '/usr/bin/python3';
 const PROVIDER = '/usr/lib/galera/libgalera_smm.so';
 
-/** Small enough for a loop volume and a 2-core machine. */
-const SERVER_OPTIONS = ['--innodb-log-file-size=16M', '--innodb-buffer-pool-size=32M'];
+/**
+ * Small enough for a loop volume and a 2-core machine. A temporary directory per node, off the
+ * hung disk: in the shared /tmp, mariadb-install-db once lost its temporary table while other tests ran.
+ */
+const serverOptions = (node: GaleraNode) => ['--innodb-log-file-size=16M', '--innodb-buffer-pool-size=32M', `--tmpdir=${path.join(node.runDir, 'tmp')}`];
 
 export type GaleraNodeName = 'g1' | 'g2' | 'g3';
 
@@ -46,7 +49,7 @@ export type GaleraNode = {
   /** The volume's mount root (a probe writes here); the datadir is a subdirectory of it. */
   mount: string;
   datadir: string;
-  /** Off the volume: the socket and the pid file. */
+  /** Off the volume: the socket, the pid file and the temporary directory (tmp). */
   runDir: string;
   socket: string;
   /** Off the volume: the error log. */
@@ -190,6 +193,8 @@ export class GaleraCluster {
       const runDir = path.join(nodeDir, 'run');
       fs.mkdirSync(runDir);
       sh(['chown', 'mysql:mysql', runDir]);
+      fs.mkdirSync(path.join(runDir, 'tmp'));
+      sh(['chown', 'mysql:mysql', path.join(runDir, 'tmp')]);
       const node: GaleraNode = {name: m.role as GaleraNodeName, ns: m.ns, ip: m.ip, mount: disk.mountpoint, datadir: path.join(disk.mountpoint, 'mysql'),
         runDir, socket: path.join(runDir, 'mysqld.sock'), errorLog: path.join(runDir, 'mysqld.err'), disk};
       // If this process dies, the watchdog continues the disk (registered last by HungDisk, so first) and ends mariadbd from its pid file.
@@ -210,7 +215,7 @@ export class GaleraCluster {
     for (const node of this.nodes) {
       fs.mkdirSync(node.datadir);
       sh(['chown', 'mysql:mysql', node.datadir]);
-      sh(['mariadb-install-db', '--no-defaults', `--datadir=${node.datadir}`, '--user=mysql', '--auth-root-authentication-method=socket', '--skip-test-db', ...SERVER_OPTIONS]);
+      sh(['mariadb-install-db', '--no-defaults', `--datadir=${node.datadir}`, '--user=mysql', '--auth-root-authentication-method=socket', '--skip-test-db', ...serverOptions(node)]);
     }
     const [g1, g2, g3] = this.nodes as [GaleraNode, GaleraNode, GaleraNode];
     this.startServer(g1, {bootstrap: true});
@@ -239,7 +244,7 @@ export class GaleraCluster {
     const address = `gcomm://${this.nodes.map(n => n.ip).join(',')}`;
     const argv = inNs(node.ns, ['mariadbd', '--no-defaults', `--datadir=${node.datadir}`, '--user=mysql',
       `--socket=${node.socket}`, `--pid-file=${path.join(node.runDir, 'mysqld.pid')}`, `--log-error=${node.errorLog}`,
-      `--port=${MYSQL_PORT}`, `--bind-address=${node.ip}`, '--skip-name-resolve', ...SERVER_OPTIONS,
+      `--port=${MYSQL_PORT}`, `--bind-address=${node.ip}`, '--skip-name-resolve', ...serverOptions(node),
       '--binlog-format=ROW', '--innodb-autoinc-lock-mode=2', '--default-storage-engine=InnoDB',
       '--wsrep-on=ON', `--wsrep-provider=${PROVIDER}`, `--wsrep-cluster-address=${address}`, '--wsrep-cluster-name=ebsmon',
       `--wsrep-node-name=${node.name}`, `--wsrep-node-address=${node.ip}`, '--wsrep-sst-method=rsync',
