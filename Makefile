@@ -13,8 +13,11 @@ SYSTEM_TOOLS := nftables iptables iproute2 util-linux e2fsprogs coreutils procps
 # The Patroni rig (test/helpers/patroni.ts) starts its own etcd, Patroni and PostgreSQL 15
 # in namespaces; its application and observer are /usr/bin/python3 with psycopg2; curl asks
 # Patroni's REST API and etcd; the bench unpacks a newer Patroni with dpkg-deb (dpkg).
+# The Galera rig (test/helpers/galera.ts) starts three mariadbd with galera-4 in namespaces;
+# joiners get their state by rsync SST (rsync); its application is /usr/bin/python3 with pymysql.
 TEST_TOOLS := prometheus mariadb-server mariadb-client bindfs fuse3 python3 debootstrap systemd-container \
-	patroni etcd-server postgresql-15 postgresql-client-15 python3-psycopg2 python3-etcd curl strace
+	patroni etcd-server postgresql-15 postgresql-client-15 python3-psycopg2 python3-etcd curl strace \
+	galera-4 rsync python3-pymysql
 # make release: strip (binutils) takes the debug symbols out of the node binary the
 # standalone executable is made from (99 -> 86 MB).
 RELEASE_TOOLS := binutils

@@ -18,6 +18,7 @@ import {cutterFigures} from './cutter';
 import {freezeThawCycles} from './cycles';
 import {discoveryCost} from './discovery';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
+import {galeraHangs} from './galera';
 import {mariadbTimeToError} from './mariadb';
 import {patroniControls} from './patroni';
 import {recordCycle} from './picture';
@@ -343,6 +344,8 @@ async function main(): Promise<void> {
       ['mariadb', () => mariadbTimeToError(dir, teardown)],
       // BENCH_PATRONI_HANG (60 s), BENCH_PATRONI_RUNS (1; about 95 s a run, 18 runs by default), BENCH_PATRONI_CASES (abcdefghi: g-i are ebsmon), BENCH_PATRONI_ROUTE (patroni), BENCH_PATRONI_VERSIONS (system,unstable).
       ['patroni', () => patroniControls(dir)],
+      // BENCH_GALERA_HANG (30 s), BENCH_GALERA_RUNS (2 a mode), BENCH_GALERA_MODES (none,ebsmon).
+      ['galera', () => galeraHangs(dir)],
       ['verdicts', () => verdictsCost(volume, dir)],
       // make soak (BENCH_ONLY=soak) runs SOAK_SECONDS, 600 by default; a whole make bench, 300 unless SOAK_SECONDS says.
       ['soak', () => soak(dir, teardown, soakOptions(only.length === 0 ? {SOAK_SECONDS: '300', ...process.env} : process.env))],

@@ -6,6 +6,7 @@ import type {ReporterSnapshot} from '../../src/state';
 import {HungDisk} from './hang';
 import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn} from './proc';
 import {ROOT, Teardown, inNs, sh, waitFor} from './rig';
+import {createSwitchedNet, letServiceUsersIn} from './switch';
 
 /**
  * A Patroni + etcd + PostgreSQL 15 cluster in network namespaces, started by
@@ -207,14 +208,8 @@ export class PatroniCluster {
     clusterCounter += 1;
     const tag = `${process.pid % 100000}${clusterCounter}`;
     fs.mkdirSync(dir, {recursive: true});
-    // Patroni and PostgreSQL run as postgres: they walk into their run, log and data directories
-    // (a temporary directory is 0700, and so may be the one it is made in).
-    for (let d = path.resolve(dir); d !== '/'; d = path.dirname(d)) {
-      const mode = fs.statSync(d).mode & 0o7777;
-      if ((mode & 0o001) === 0)
-        fs.chmodSync(d, mode | 0o011);
-    }
-    fs.chmodSync(dir, 0o755);
+    // Patroni and PostgreSQL run as postgres.
+    letServiceUsersIn(dir);
     const teardown = new Teardown(dir);
     let cluster: PatroniCluster;
     try {
@@ -235,22 +230,8 @@ export class PatroniCluster {
 
   /** The namespaces, the disks and etcd's tmpfs. */
   private static async build(dir: string, teardown: Teardown, tag: string, patroni: PatroniCommand, diskMb: number): Promise<PatroniCluster> {
-    const ns = (role: string) => `ebsmon-pg${role}-${tag}`;
-    const switchNs = ns('sw');
-    const net = ['etcd', 'pg1', 'pg2', 'client'].map((role, i) => ({role, ns: ns(role), ip: `10.217.0.${[10, 11, 12, 20][i]!}`, port: `p${i}x${tag}`}));
-    for (const n of [switchNs, ...net.map(m => m.ns)]) {
-      sh(['ip', 'netns', 'add', n]);
-      teardown.add(['ip', 'netns', 'del', n]);
-      sh(['ip', '-n', n, 'link', 'set', 'lo', 'up']);
-    }
-    sh(['ip', '-n', switchNs, 'link', 'add', 'br0', 'type', 'bridge']);
-    sh(['ip', '-n', switchNs, 'link', 'set', 'br0', 'up']);
-    for (const m of net) {
-      sh(['ip', 'link', 'add', m.port, 'netns', switchNs, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', m.ns]);
-      sh(['ip', '-n', switchNs, 'link', 'set', m.port, 'master', 'br0', 'up']);
-      sh(['ip', '-n', m.ns, 'addr', 'add', `${m.ip}/24`, 'dev', 'eth0']);
-      sh(['ip', '-n', m.ns, 'link', 'set', 'eth0', 'up']);
-    }
+    const {switchNs, hosts: net} = createSwitchedNet(teardown, {prefix: 'pg', letter: 'p', tag,
+      hosts: ['etcd', 'pg1', 'pg2', 'client'].map((role, i) => ({role, ip: `10.217.0.${[10, 11, 12, 20][i]!}`}))});
     const [etcdNet, pg1Net, pg2Net, clientNet] = net as [typeof net[0], typeof net[0], typeof net[0], typeof net[0]];
 
     const nodes: Array<PgNode> = [];
