@@ -1,6 +1,6 @@
 import {Command, Option, UsageError} from 'clipanion';
 
-import {runRole} from '../src/daemon';
+import {runRole, v8FlagsSet} from '../src/daemon';
 import {nameArg, portListArg, secondsArg} from '../src/options';
 import {resolveCheck} from '../src/probe';
 import type {CheckSpec} from '../src/probe';
@@ -85,6 +85,7 @@ export class ReportCommand extends DaemonCommand {
       ...(this.isolate === undefined ? {} : {isolate: this.isolate}),
       rejoin,
       stateDir: this.stateDir,
+      v8Flags: v8FlagsSet(),
     }, signal));
   }
 }
