@@ -11,10 +11,12 @@ import {DeviceWatch, Prober, deviceNode, pinPath} from '../src/probe';
 import {PROBE_SCRIPT} from '../src/probe/script';
 import {SpawnHelper} from '../src/spawn';
 import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
+import {STANDALONE} from '../test/helpers/nonode';
 import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
 import {EBSMON, LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/helpers/rig';
 
 import {freezeThawCycles} from './cycles';
+import {besidePeer, hostOfFive} from './light';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {mariadbTimeToError} from './mariadb';
 import {patroniControls} from './patroni';
@@ -323,6 +325,15 @@ async function main(): Promise<void> {
       ['decode', () => decodeThroughput(dir)],
       ['probe', () => probeCost(volume, dir)],
       ['paths', () => pathsCost(dir, teardown)],
+      // BENCH_LIGHT_SECONDS (30) after BENCH_LIGHT_WARMUP (20), BENCH_LIGHT_RUNS (3) runs; the standalone executable too once make release built it.
+      ['light', async () => {
+        const light = {seconds: seconds('BENCH_LIGHT_SECONDS', 30), warmup: seconds('BENCH_LIGHT_WARMUP', 20), runs: seconds('BENCH_LIGHT_RUNS', 3)};
+        if (light.runs > 0)
+          await besidePeer(dir, teardown, light);
+        if (light.runs > 0 && fs.existsSync(STANDALONE))
+          await besidePeer(dir, teardown, {...light, bin: STANDALONE, label: 'standalone'});
+        await hostOfFive(dir, teardown, light);
+      }],
       ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 600))],
       ['fencing', () => fencing(dir, teardown)],
       ['cycles', async () => {
