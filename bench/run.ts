@@ -325,9 +325,12 @@ async function main(): Promise<void> {
       ['decode', () => decodeThroughput(dir)],
       ['probe', () => probeCost(volume, dir)],
       ['paths', () => pathsCost(dir, teardown)],
-      // BENCH_LIGHT_SECONDS (30) after BENCH_LIGHT_WARMUP (20), BENCH_LIGHT_RUNS (3) runs; the standalone executable too once make release built it.
+      // BENCH_LIGHT_SECONDS (30) after BENCH_LIGHT_WARMUP (20), BENCH_LIGHT_RUNS (3) runs; the standalone executable too once make release built it;
+      // BENCH_LIGHT_BIN=FILE: another build of the bundle first, the same way (a before beside the after).
       ['light', async () => {
         const light = {seconds: seconds('BENCH_LIGHT_SECONDS', 30), warmup: seconds('BENCH_LIGHT_WARMUP', 20), runs: seconds('BENCH_LIGHT_RUNS', 3)};
+        if (process.env.BENCH_LIGHT_BIN !== undefined && light.runs > 0)
+          await besidePeer(dir, teardown, {...light, bin: process.env.BENCH_LIGHT_BIN, label: 'BENCH_LIGHT_BIN'});
         if (light.runs > 0)
           await besidePeer(dir, teardown, light);
         if (light.runs > 0 && fs.existsSync(STANDALONE))
