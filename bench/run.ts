@@ -144,7 +144,7 @@ async function reporterFootprint(volume: LoopVolume, dir: string, seconds: numbe
   const minute = (from: number) => Math.max(...rss.slice(from, from + 60));
   const growth = minute(Math.max(0, rss.length - 60)) - minute(Math.min(60, Math.max(0, rss.length - 60)));
   line(`reporter RSS at --interval=0.1 over ${seconds} s`, `first ${rss[0]!.toFixed(1)} MB, last ${rss.at(-1)!.toFixed(1)} MB, max ${Math.max(...rss).toFixed(1)} MB, last minute vs second minute ${growth >= 0 ? '+' : ''}${growth.toFixed(1)} MB (private max ${Math.max(...own).toFixed(1)} MB)`);
-  // For scale: node itself with an empty event loop, same flags.
+  // For scale: node itself with an empty event loop, with the bundle's shebang flag (the reporter adds its own at start: src/daemon/v8.ts).
   const idle = new Proc(spawn(process.execPath, ['--max-semi-space-size=2', '-e', 'setInterval(() => {}, 1000)'], {stdio: 'ignore'}));
   await new Promise(resolve => setTimeout(resolve, 2000));
   const idleRss = rssKb(idle.pid) / 1024;
@@ -219,7 +219,7 @@ async function pathsCost(dir: string, teardown: Teardown): Promise<void> {
 }
 
 /**
- * Issue 16's costs: a device's sysfs counters read once (what each reporter
+ * What the reporter's evidence and checks cost: a device's sysfs counters read once (what each reporter
  * does per device per interval), and a reporter with one --check against none
  * at --interval=0.1 (the check is /bin/true: the cost is starting it), medians
  * of 5 runs, CPU of the reporter and everything it starts.
