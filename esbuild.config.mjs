@@ -1,4 +1,4 @@
-import {chmodSync, readFileSync} from 'node:fs';
+import {chmodSync, readFileSync, writeFileSync} from 'node:fs';
 import {build} from 'esbuild';
 
 const pkg = JSON.parse(readFileSync(new URL('./package.json', import.meta.url), 'utf8'));
@@ -43,5 +43,12 @@ if (sea) {
     process.exit(1);
   }
 } else {
+  // V8 keeps a script's source as UTF-16 when one character of it is not ASCII: twice
+  // the bytes in every process's heap. esbuild escapes non-ASCII characters in strings,
+  // regular expressions and names (its default charset); any left are in comments
+  // (a dash in a dependency's, a unit in ours), where a '?' changes nothing.
+  const text = readFileSync(outfile, 'utf8');
+  if (/[^\x00-\x7f]/.test(text))
+    writeFileSync(outfile, text.replace(/[^\x00-\x7f]/g, '?'));
   chmodSync(outfile, 0o755);
 }

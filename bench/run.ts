@@ -11,12 +11,14 @@ import {DeviceWatch, Prober, deviceNode, pinPath} from '../src/probe';
 import {PROBE_SCRIPT} from '../src/probe/script';
 import {SpawnHelper} from '../src/spawn';
 import {FifoWriter, ensureFifo, openFifoReader} from '../src/transport';
+import {STANDALONE} from '../test/helpers/nonode';
 import {HELPER, Proc, ebsmon} from '../test/helpers/proc';
 import {EBSMON, LoopVolume, Teardown, createNetRig, sh, waitFor} from '../test/helpers/rig';
 
 import {cutterFigures} from './cutter';
 import {freezeThawCycles} from './cycles';
 import {discoveryCost} from './discovery';
+import {besidePeer, hostOfFive} from './light';
 import {hungDiskCycles, manyAtOnce, monitorFootprint, packetPathLatency} from './deadlines';
 import {galeraHangs} from './galera';
 import {mariadbTimeToError} from './mariadb';
@@ -145,7 +147,7 @@ async function reporterFootprint(volume: LoopVolume, dir: string, seconds: numbe
   const minute = (from: number) => Math.max(...rss.slice(from, from + 60));
   const growth = minute(Math.max(0, rss.length - 60)) - minute(Math.min(60, Math.max(0, rss.length - 60)));
   line(`reporter RSS at --interval=0.1 over ${seconds} s`, `first ${rss[0]!.toFixed(1)} MB, last ${rss.at(-1)!.toFixed(1)} MB, max ${Math.max(...rss).toFixed(1)} MB, last minute vs second minute ${growth >= 0 ? '+' : ''}${growth.toFixed(1)} MB (private max ${Math.max(...own).toFixed(1)} MB)`);
-  // For scale: node itself with an empty event loop, same flags.
+  // For scale: node itself with an empty event loop, with the bundle's shebang flag (the reporter adds its own at start: src/daemon/v8.ts).
   const idle = new Proc(spawn(process.execPath, ['--max-semi-space-size=2', '-e', 'setInterval(() => {}, 1000)'], {stdio: 'ignore'}));
   await new Promise(resolve => setTimeout(resolve, 2000));
   const idleRss = rssKb(idle.pid) / 1024;
@@ -220,7 +222,7 @@ async function pathsCost(dir: string, teardown: Teardown): Promise<void> {
 }
 
 /**
- * Issue 16's costs: a device's sysfs counters read once (what each reporter
+ * What the reporter's evidence and checks cost: a device's sysfs counters read once (what each reporter
  * does per device per interval), and a reporter with one --check against none
  * at --interval=0.1 (the check is /bin/true: the cost is starting it), medians
  * of 5 runs, CPU of the reporter and everything it starts.
@@ -327,6 +329,18 @@ async function main(): Promise<void> {
       ['probe', () => probeCost(volume, dir)],
       ['paths', () => pathsCost(dir, teardown)],
       ['discovery', () => discoveryCost(volume, dir)],
+      // BENCH_LIGHT_SECONDS (30) after BENCH_LIGHT_WARMUP (20), BENCH_LIGHT_RUNS (3) runs; the standalone executable too once make release built it;
+      // BENCH_LIGHT_BIN=FILE: another build of the bundle first, the same way (a before beside the after).
+      ['light', async () => {
+        const light = {seconds: seconds('BENCH_LIGHT_SECONDS', 30), warmup: seconds('BENCH_LIGHT_WARMUP', 20), runs: seconds('BENCH_LIGHT_RUNS', 3)};
+        if (process.env.BENCH_LIGHT_BIN !== undefined && light.runs > 0)
+          await besidePeer(dir, teardown, {...light, bin: process.env.BENCH_LIGHT_BIN, label: 'BENCH_LIGHT_BIN'});
+        if (light.runs > 0)
+          await besidePeer(dir, teardown, light);
+        if (light.runs > 0 && fs.existsSync(STANDALONE))
+          await besidePeer(dir, teardown, {...light, bin: STANDALONE, label: 'standalone'});
+        await hostOfFive(dir, teardown, light);
+      }],
       ['reporter', () => reporterFootprint(volume, dir, seconds('BENCH_REPORTER_SECONDS', 600))],
       ['fencing', () => fencing(dir, teardown)],
       ['cycles', async () => {

@@ -2,7 +2,7 @@ import path from 'node:path';
 
 import {Command, Option, UsageError} from 'clipanion';
 
-import {runRole} from '../src/daemon';
+import {runRole, v8FlagsSet} from '../src/daemon';
 import {countArg, nameArg, portListArg, secondsArg} from '../src/options';
 import type {ScanTarget} from '../src/discovery';
 import {resolveCheck} from '../src/probe';
@@ -20,7 +20,7 @@ export class ReportCommand extends DaemonCommand {
   static override usage = Command.Usage({
     description: 'Prove the disks under a service still complete I/O, and heartbeat the monitor',
     details: `
-      One reporter per protected service. Every \`--interval\` seconds, in each \`--monitor\` directory, it writes a block to \`.ebsmon-probe-NAME\` with O_DIRECT|O_DSYNC (O_DSYNC alone where O_DIRECT is refused), reads it back, and only if every directory passed within \`--probe-timeout\` sends a heartbeat naming \`--ports\`. Each probe runs in a child process of its own (perl, which every Debian has), so a hung disk never wedges the reporter, and a probe stuck on one directory is never started again on top of itself nor holds up the others.
+      One reporter per protected service. Every \`--interval\` seconds, in each \`--monitor\` directory, it writes a block to \`.ebsmon-probe-NAME\` with O_DIRECT|O_DSYNC (O_DSYNC alone where O_DIRECT is refused), reads it back, and only if every directory passed within \`--probe-timeout\` sends a heartbeat naming \`--ports\`. Each directory has a prober of its own: one perl (which every Debian has), started once and asked each interval, so a hung disk never wedges the reporter. A prober that misses \`--probe-timeout\` is abandoned (killed; one stuck in the kernel dies when its I/O ends) and replaced only once it has exited, never stacked on top of it; a directory stuck this way holds up no other.
 
       Give \`--monitor\` once per volume the service needs (data, binlog or WAL, redo log), up to 8. At start each is resolved and pinned to its mount in /proc/self/mountinfo (logged as "watching DIR on DEVICE (FSTYPE) mounted at POINT"); before each probe the mount table is read again, and a mount that is gone or replaced fails the probe. A directory that is on / gets a warning, as does one whose /etc/fstab volume is not mounted; \`--require-mount\` makes both an error (exit 1).
 
@@ -109,6 +109,7 @@ export class ReportCommand extends DaemonCommand {
       ...(this.isolate === undefined ? {} : {isolate: this.isolate}),
       rejoin,
       stateDir: this.stateDir,
+      v8Flags: v8FlagsSet(),
     }, signal));
   }
 }

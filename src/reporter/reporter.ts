@@ -54,6 +54,8 @@ export type ReporterOptions = {
   rejoin?: {mode: 'auto' | 'manual'} | {mode: 'program', program: CheckSpec};
   /** the monitor's state directory, where it says which reporters are fenced (for the rejoin program) */
   stateDir?: string;
+  /** V8 flags this process set at its start (src/daemon/v8.ts), for the log */
+  v8Flags?: ReadonlyArray<string>;
 };
 
 export type ReporterDeps = {
@@ -74,6 +76,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   const {name, interval, probeTimeout} = options;
   const checks = options.checks ?? [];
   logger.info('reporter starting', {name, monitor: options.monitors.join(','), ports: options.ports.join(','), fifo: options.fifo, interval, probeTimeout, checks: checks.length});
+  if (options.v8Flags !== undefined && options.v8Flags.length > 0)
+    logger.debug(`V8 flags set at start: ${options.v8Flags.join(' ')}`, {pid: process.pid, execArgv: process.execArgv.join(' ')});
   const pins = pinAll(options.monitors, options, logger, readMountTable());
   logHardlinkProtection(logger);
   const devices = watchDevices(pins, logger);

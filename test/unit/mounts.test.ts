@@ -129,8 +129,8 @@ describe('the mount table read again and again', () => {
   it('reads the whole table, however many pages it fills (procfs gives about a page a read)', async (t: TestContext) => {
     if (!requireRoot(t))
       return;
-    // A mount namespace of its own with 100 more mounts (stacked on one directory of it): a table of several pages.
-    const holder = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'for i in $(seq 100); do mount -t tmpfs -o size=4k ebsmon-test /mnt || exit 1; done; echo ready; exec sleep 60'], {stdio: ['ignore', 'pipe', 'inherit']});
+    // A mount namespace of its own with 200 more mounts (stacked on one directory of it): a table of several pages.
+    const holder = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'for i in $(seq 200); do mount -t tmpfs -o size=4k ebsmon-test /mnt || exit 1; done; echo ready; exec sleep 60'], {stdio: ['ignore', 'pipe', 'inherit']});
     try {
       await new Promise<void>((resolve, reject) => {
         holder.stdout.on('data', () => resolve());
@@ -144,7 +144,7 @@ describe('the mount table read again and again', () => {
         const first = reader.read();
         assert.equal(first.changed, true);
         assert.equal(first.entries.length, whole.split('\n').filter(line => line !== '').length);
-        assert.equal(first.entries.filter(e => e.source === 'ebsmon-test').length, 100);
+        assert.equal(first.entries.filter(e => e.source === 'ebsmon-test').length, 200);
       } finally {
         reader.close();
       }
