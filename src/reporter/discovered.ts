@@ -1,4 +1,7 @@
-import {Scanner, describeTarget, discoveryStep, initialDiscovery} from '../discovery';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import {PIN_SCRIPT, SCAN_SCRIPT, Scanner, describeTarget, discoveryStep, initialDiscovery} from '../discovery';
 import type {Discovery, DiscoveryConfig, DiscoveryEffect, DiscoveryEvent, FoundVolume, ScanTarget, Unwatched} from '../discovery';
 import type {MountEntry} from '../mounts';
 import {deviceNumbers} from '../mounts';
@@ -124,4 +127,41 @@ export class Discovered {
       this.dispatch({type: 'pinned', device, path: dir});
     });
   }
+}
+
+export type DiscoveryWiring = {
+  target: ScanTarget;
+  intervalSec: number;
+  /** where the scanner's and the pin's scripts are written (the reporter's private tmpfs directory) */
+  runtimeDir: string;
+  /** the --monitor paths: none means discovery watches what it finds, else it names what they do not cover */
+  pins: ReadonlyArray<PathPin>;
+  graceScans: number;
+  maxPaths: number;
+  timeoutMs: number;
+} & Pick<DiscoveredDeps, 'startProcess' | 'mounts' | 'watch' | 'unwatch' | 'unwatched' | 'log'>;
+
+/** Discovery started: its scripts written, a scan now and every `intervalSec`; `stop()` ends it. */
+export function startDiscovery(wiring: DiscoveryWiring, info: (message: string, fields: Record<string, unknown>) => void): {stop: () => void} {
+  const scanFile = path.join(wiring.runtimeDir, 'scan.pl');
+  fs.writeFileSync(scanFile, SCAN_SCRIPT, {mode: 0o600});
+  const pinFile = path.join(wiring.runtimeDir, 'pin.pl');
+  fs.writeFileSync(pinFile, PIN_SCRIPT, {mode: 0o600});
+  const {target, pins} = wiring;
+  const discovered = new Discovered({
+    target,
+    config: {mode: pins.length === 0 ? 'watch' : 'warn', graceScans: wiring.graceScans, maxPaths: wiring.maxPaths, covered: new Set(pins.map(pin => pin.mount.device))},
+    scanFile, pinFile, timeoutMs: wiring.timeoutMs,
+    startProcess: wiring.startProcess, mounts: wiring.mounts, watch: wiring.watch, unwatch: wiring.unwatch, unwatched: wiring.unwatched, log: wiring.log,
+  });
+  const whose = target.kind === 'unit' ? `the processes of ${target.unit}` : target.kind === 'pid' ? `pid ${target.pid} and its descendants` : `the pid in ${target.file} and its descendants`;
+  info(`discovery: every ${wiring.intervalSec} s, the volumes ${whose} hold files open for writing on are ${pins.length === 0 ? 'watched' : 'checked against the --monitor paths'}`, {discoverInterval: wiring.intervalSec});
+  discovered.scan();
+  const timer = setInterval(() => discovered.scan(), wiring.intervalSec * 1000);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      discovered.stop();
+    },
+  };
 }

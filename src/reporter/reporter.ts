@@ -5,25 +5,23 @@ import {RateLimitedLog} from '../log';
 import type {Logger} from '../log';
 import {readMountTable} from '../mounts';
 import type {CheckSpec} from '../probe';
-import {PIN_SCRIPT, SCAN_SCRIPT} from '../discovery';
 import type {ScanTarget, Unwatched} from '../discovery';
 import {MAX_PATHS} from '../heartbeat';
-import type {PathPin} from '../probe';
 import {PROBE_SCRIPT} from '../probe/script';
 import {SpawnHelper} from '../spawn';
 import {DEFAULT_STATE_DIR, readFencedSince} from '../state';
 import {CheckRuns} from './checks';
-import {Discovered} from './discovered';
+import {startDiscovery} from './discovered';
 import {initialLife, needsMountTable, step} from './lifecycle';
 import type {Effect, LifeEvent, LogLevel} from './lifecycle';
-import {failingMessage, fitHeartbeat, heartbeatMessage, pathInfo} from './messages';
-import type {HeartbeatShape} from './messages';
+import {failingMessage, heartbeatMessage} from './messages';
 import {MountChecks} from './mounts';
+import {WatchedPaths} from './paths';
 import {PathProbers} from './probers';
-import {REJOIN_TIMEOUT_MS, RejoinRuns} from './rejoin';
+import {RejoinRuns} from './rejoin';
 import {makeRuntimeDir} from './runtime';
 import {Sender} from './sender';
-import {logHardlinkProtection, pinAll, watchDevices} from './startup';
+import {logClusterRoles, logHardlinkProtection, pinAll, watchDevices} from './startup';
 import {alignedTicker} from './ticker';
 
 export type ReporterOptions = {
@@ -82,23 +80,10 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   logHardlinkProtection(logger);
   const devices = watchDevices(pins, logger);
   const rejoin = options.rejoin ?? {mode: 'auto'};
-  // Every path watched now, --monitor ones first: discovery adds and removes its own.
-  const watched = new Map<string, PathPin>(pins.map(pin => [pin.path, pin]));
-  let shape!: HeartbeatShape;
-  let saidFit = '';
-  // Paths found or dropped at run time change what a heartbeat carries: fitted again each time.
-  const refit = () => {
-    const fitted = fitHeartbeat({name, pid: process.pid, ports: options.ports, interval, probeTimeout, ...(options.isolate === undefined || options.isolate.length === 0 ? {} : {isolate: options.isolate}),
-      ...(rejoin.mode === 'auto' ? {} : {rejoin: rejoin.mode}), ...(options.discover === undefined ? {} : {unwatched: true as const})}, [...watched.values()].map(pathInfo), devices.all.map(w => w.node));
-    shape = fitted.shape;
-    const key = fitted.warnings.join('\n');
-    if (key !== saidFit) {
-      for (const warning of fitted.warnings)
-        logger.warn(warning);
-      saidFit = key;
-    }
-  };
-  refit();
+  const mounts = new MountChecks(pins);
+  // --monitor paths first; discovery adds and removes its own, and the heartbeat's shape follows.
+  const paths = new WatchedPaths(pins, {name, pid: process.pid, ports: options.ports, interval, probeTimeout, ...(options.isolate === undefined || options.isolate.length === 0 ? {} : {isolate: options.isolate}),
+    ...(rejoin.mode === 'auto' ? {} : {rejoin: rejoin.mode}), ...(options.discover === undefined ? {} : {unwatched: true as const})}, mounts, devices, logger);
 
   // Probers and checks start through a helper that forks them: this loop never waits for an exec, even when the disk holding perl hangs.
   const runtime = makeRuntimeDir(name);
@@ -109,7 +94,6 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   const scriptFile = path.join(runtime.dir, 'probe.pl');
   fs.writeFileSync(scriptFile, PROBE_SCRIPT, {mode: 0o600});
   const sender = new Sender(options.fifo, logger, REMINDER_MS);
-  const mounts = new MountChecks(pins);
   // winston formats a line before its transport drops it by level: lines a tick are not built for nothing.
   const log = (level: LogLevel, message: string, fields: Record<string, unknown>) => logger.isLevelEnabled(level) && logger.log(level, message, fields);
 
@@ -126,9 +110,8 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
     for (const effect of next.effects)
       perform(effect);
   };
-  const targets = new Map(pins.map(pin => [pin.path, {dir: pin.dir, name, dev: pin.dev, ino: pin.ino}]));
   const probers = new PathProbers({
-    targets,
+    targets: paths.targets,
     devices: devices.byPath, timeoutMs: probeTimeout * 1000, startStream: argv => helper.stream(argv), scriptFile,
     mountProblem: watched => mounts.now().get(watched), dispatch,
   });
@@ -150,11 +133,11 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
       case 'run-rejoin':
         return rejoinRuns?.run(effect.fencedSince);
       case 'heartbeat':
-        if (sender.send(heartbeatMessage(shape, {seq: effect.seq, sentAt: Date.now(), probeMs: effect.probeMs, devices: deviceStats(), rejoin: effect.rejoin, unwatched})).ok)
+        if (sender.send(heartbeatMessage(paths.shape, {seq: effect.seq, sentAt: Date.now(), probeMs: effect.probeMs, devices: deviceStats(), rejoin: effect.rejoin, unwatched})).ok)
           log('debug', 'heartbeat sent', {seq: effect.seq, probeMs: effect.probeMs});
         return;
       case 'failing':
-        return void sender.send(failingMessage(shape, effect.reason, Date.now(), deviceStats()));
+        return void sender.send(failingMessage(paths.shape, effect.reason, Date.now(), deviceStats()));
       case 'log':
         return void log(effect.level, effect.message, effect.fields);
       case 'finish':
@@ -170,51 +153,24 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
 
   for (const pin of pins)
     dispatch({type: 'watch', path: pin.path, dir: pin.dir});
-  let discovered: Discovered | null = null;
-  let discoverTimer: NodeJS.Timeout | undefined;
-  if (options.discover !== undefined) {
-    const scanFile = path.join(runtime.dir, 'scan.pl');
-    fs.writeFileSync(scanFile, SCAN_SCRIPT, {mode: 0o600});
-    const pinFile = path.join(runtime.dir, 'pin.pl');
-    fs.writeFileSync(pinFile, PIN_SCRIPT, {mode: 0o600});
-    discovered = new Discovered({
-      target: options.discover.target,
-      config: {mode: pins.length === 0 ? 'watch' : 'warn', graceScans: DISCOVERY_GRACE_SCANS, maxPaths: MAX_PATHS, covered: new Set(pins.map(pin => pin.mount.device))},
-      scanFile, pinFile, timeoutMs: probeTimeout * 1000,
-      startProcess: (argv, runOptions) => helper.run(argv, runOptions),
-      mounts: () => mounts.table(),
-      watch: pin => {
-        watched.set(pin.path, pin);
-        targets.set(pin.path, {dir: pin.dir, name, dev: pin.dev, ino: pin.ino});
-        mounts.add(pin);
-        devices.add(pin);
-        refit();
-        dispatch({type: 'watch', path: pin.path, dir: pin.dir});
-      },
-      unwatch: watchedPath => {
-        dispatch({type: 'unwatch', path: watchedPath});
-        watched.delete(watchedPath);
-        targets.delete(watchedPath);
-        mounts.remove(watchedPath);
-        devices.remove(watchedPath);
-        refit();
-      },
-      unwatched: list => {
-        unwatched = list;
-      },
-      log,
-    });
-    const what = options.discover.target;
-    logger.info(`discovery: every ${options.discover.intervalSec} s, the volumes ${what.kind === 'unit' ? `the processes of ${what.unit}` : what.kind === 'pid' ? `pid ${what.pid} and its descendants` : `the pid in ${what.file} and its descendants`} hold files open for writing on are ${pins.length === 0 ? 'watched' : 'checked against the --monitor paths'}`, {discoverInterval: options.discover.intervalSec});
-    discovered.scan();
-    discoverTimer = setInterval(() => discovered?.scan(), options.discover.intervalSec * 1000);
-  }
-  if (options.isolate !== undefined && options.isolate.length > 0)
-    logger.info(`isolate: while fenced, this host reaches no port ${options.isolate.join(',')} (its coordinator) and its late replies are held`, {isolate: options.isolate.join(',')});
-  if (rejoin.mode === 'program')
-    logger.info(`rejoin: while fenced and its disks pass, ${rejoin.program.text} runs each interval (exit 10: the coordinator again; exit 0: clients again; killed after ${REJOIN_TIMEOUT_MS / 1000} s); the monitor's word is read from ${stateDir}`, {rejoin: rejoin.program.text});
-  else if (rejoin.mode === 'manual')
-    logger.info('rejoin: manual; a fence lifts only by ebsmon unblock');
+  const discovery = options.discover === undefined ? null : startDiscovery({
+    ...options.discover, runtimeDir: runtime.dir, pins, graceScans: DISCOVERY_GRACE_SCANS, maxPaths: MAX_PATHS, timeoutMs: probeTimeout * 1000,
+    startProcess: (argv, runOptions) => helper.run(argv, runOptions),
+    mounts: () => mounts.table(),
+    watch: pin => {
+      paths.add(pin);
+      dispatch({type: 'watch', path: pin.path, dir: pin.dir});
+    },
+    unwatch: watchedPath => {
+      dispatch({type: 'unwatch', path: watchedPath});
+      paths.remove(watchedPath);
+    },
+    unwatched: list => {
+      unwatched = list;
+    },
+    log,
+  }, (message, fields) => logger.info(message, fields));
+  logClusterRoles(logger, options.isolate ?? [], rejoin, stateDir);
   for (const check of checks) {
     logger.info(`check: ${check.text} (${check.argv[0]}, no shell, every interval, killed with its process group after ${probeTimeout} s)`, {check: check.text});
     dispatch({type: 'add-check', text: check.text});
@@ -230,8 +186,7 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
       signal.addEventListener('abort', () => resolve(), {once: true});
   });
   ticker.stop();
-  clearInterval(discoverTimer);
-  discovered?.stop();
+  discovery?.stop();
 
   // A goodbye tells the monitor to forget us instead of fencing: only after the disks and the service were proven just now.
   const timer = setTimeout(() => dispatch({type: 'stop-timeout'}), GOODBYE_WAIT_MS);

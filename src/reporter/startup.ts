@@ -4,6 +4,7 @@ import path from 'node:path';
 import {StartupError} from '../errors';
 import {MAX_PATHS} from '../heartbeat';
 import type {Logger} from '../log';
+import {REJOIN_TIMEOUT_MS} from './rejoin';
 import {describeMount} from '../mounts';
 import type {MountEntry} from '../mounts';
 import {DeviceWatch, logfileWarnings, pinPath, resolveDevice} from '../probe';
@@ -108,4 +109,14 @@ export function watchDevices(pins: ReadonlyArray<PathPin>, logger: Logger): Devi
   for (const pin of pins)
     watches.add(pin);
   return watches;
+}
+
+/** Start-up: what a fence takes from this host beyond its ports, and when it may lift. */
+export function logClusterRoles(logger: Logger, isolate: ReadonlyArray<number>, rejoin: {mode: 'auto' | 'manual'} | {mode: 'program', program: {text: string}}, stateDir: string): void {
+  if (isolate.length > 0)
+    logger.info(`isolate: while fenced, this host reaches no port ${isolate.join(',')} (its coordinator) and its late replies are held`, {isolate: isolate.join(',')});
+  if (rejoin.mode === 'program')
+    logger.info(`rejoin: while fenced and its disks pass, ${rejoin.program.text} runs each interval (exit 10: the coordinator again; exit 0: clients again; killed after ${REJOIN_TIMEOUT_MS / 1000} s); the monitor's word is read from ${stateDir}`, {rejoin: rejoin.program.text});
+  else if (rejoin.mode === 'manual')
+    logger.info('rejoin: manual; a fence lifts only by ebsmon unblock');
 }
