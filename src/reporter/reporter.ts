@@ -97,7 +97,7 @@ export async function runReporter(deps: ReporterDeps, options: ReporterOptions, 
   // winston formats a line before its transport drops it by level: lines a tick are not built for nothing.
   const log = (level: LogLevel, message: string, fields: Record<string, unknown>) => logger.isLevelEnabled(level) && logger.log(level, message, fields);
 
-  // Written volumes nothing watches (discovery): said in every heartbeat and failing word.
+  // Written volumes nothing watches (discovery): said in every heartbeat (the monitor keeps the last list while the reporter fails).
   let unwatched: Array<Unwatched> = [];
   let life = initialLife({name, reminderMs: REMINDER_MS, rejoin: rejoin.mode});
   let finish!: (effect: Effect & {type: 'finish'}) => void;
