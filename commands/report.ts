@@ -32,11 +32,14 @@ export class ReportCommand extends DaemonCommand {
 
       \`--pid\`, \`--pid-file\` or \`--unit\` names the service instead of (or beside) its directories: at start and every \`--discover-interval\` seconds a child scans /proc for the filesystems its processes (and their descendants, or the unit's cgroup) hold files open for writing on (O_WRONLY or O_RDWR; memory and kernel filesystems skipped). Without \`--monitor\` each such volume is watched at the root of its mount like a \`--monitor\` directory, up to 8; one no longer written is dropped after 3 scans. With \`--monitor\`, every written volume no \`--monitor\` is on is a warning in the log, in heartbeats and in \`ebsmon status\`.
 
+      In an HA cluster (nftables only), \`--isolate=PORTS\` makes a fence also cut this host from its coordinator (etcd's 2379, Galera's 4567): at the deadline its connections to those ports are destroyed and new ones refused, and its late replies to clients are held, so a hung primary can neither keep its lease nor acknowledge a commit late. \`--rejoin\` says when the fence lifts once the disks answer: \`auto\` (after the monitor's --recover heartbeats), \`manual\` (ebsmon unblock only), or a PROGRAM run each interval while the monitor says this reporter is fenced (it writes STATE_DIR/fenced/NAME; give \`--state-dir\`) and the disks pass: exit 10 gives the coordinator back, exit 0 the clients, anything else is not yet; its output is the reason ebsmon status shows. contrib/patroni and contrib/galera hold such programs and settings.
+
       SIGTERM stops it within 2 s; if the disks were healthy it says goodbye first (the monitor forgets it), otherwise it says nothing and the fence stays.
     `,
     examples: [
       ['Protect MySQL', '$0 report --monitor=/var/lib/mysql --ports=3306'],
       ['MySQL with its binlog on a volume of its own; refuse to start unless both are mounted', '$0 report --monitor=/var/lib/mysql --monitor=/var/lib/mysql-binlog --require-mount --ports=3306'],
+      ['A Patroni node: cut from etcd while fenced, back as a follower in two stages', '$0 report --monitor=/srv/pg --ports=5432,8008 --isolate=2379 --rejoin="/usr/local/sbin/ebsmon-rejoin-patroni --api=http://10.0.0.11:8008" --state-dir=/run/ebsmon'],
       ['MySQL, and MySQL itself must answer a ping', '$0 report --monitor=/var/lib/mysql --ports=3306 --check="mysqladmin --socket=/run/mysqld/mysqld.sock ping"'],
       ['Protect MariaDB on every volume it writes to (data, binlog, redo), found from its pid file', '$0 report --pid-file=/run/mysqld/mysqld.pid --ports=3306'],
       ['Watch the listed directories, and warn about any other volume the unit writes to', '$0 report --monitor=/var/lib/postgresql --unit=postgresql@15-main.service --ports=5432'],
