@@ -120,7 +120,7 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
    * clock. A loaded machine can delay the last probes before the hang, so the
    * hang's own time is no measure of the deadline.
    */
-  const cutAtDeadline = async (waiting: Array<Waiters>, reporter: Proc) => {
+  const cutAtDeadline = async (waiting: Array<Waiters>, reporter: Proc, {stoppedMonitor = false} = {}) => {
     for (const w of waiting)
       await waitFor('the waiting clients reset', () => w.ends().length === 2, 15_000);
     const monoMinusWallNs = nowNs() - BigInt(Date.now()) * 1_000_000n;
@@ -132,7 +132,9 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
         assert.equal(end.word, 'reset');
         const after = ms(end.ns - deadline);
         // The heartbeat's sentAt is a little before its log line; the kernel's element may expire up to 20 ms early.
-        assert.ok(after > -EARLY_MS && after < LATE_MS, `reset ${after.toFixed(1)} ms after the deadline`);
+        // A monitor stopped at the hang may not have re-armed the last heartbeats yet: up to an interval and a batch (0.3 s) earlier.
+        const early = EARLY_MS + (stoppedMonitor ? 300 : 0);
+        assert.ok(after > -early && after < LATE_MS, `reset ${after.toFixed(1)} ms after the deadline`);
       }
     }
   };
@@ -185,7 +187,7 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
     try {
       await waitFor('the monitor stopped', () => processState(monitor.pid) === 'T');
       await waitFor('the remote client refused', () => states().at(-1) === 'refused', 30_000);
-      await cutAtDeadline(waiting, reporter);
+      await cutAtDeadline(waiting, reporter, {stoppedMonitor: true});
     } finally {
       monitor.kill('SIGCONT');
       disk.resume();
@@ -210,8 +212,9 @@ describe('every disk hung: the monitor\'s programs, libraries, /etc and log on a
       // Three more pulses past the verdict, the reporter silent all along: the port was never closed.
       const verdictAt = pulseAt();
       await waitFor('three more pulses past the verdict', () => pulseAt() >= verdictAt + 3_000, 10_000, 100);
-      // A fence answers with a reset (refused); a connect that times out is the listen backlog of a loaded machine.
-      assert.ok(!states().includes('refused'), `the remote client was never refused: ${states().join(',')}`);
+      // The socket cutter (resident, no exec) acts on the monitor's verdict: a connection in flight then may be reset
+      // (refused). The firewall never fences: new connections go on succeeding (a timeout is a loaded machine's backlog).
+      assert.notEqual(states().at(-1), 'refused', `new connections are not refused: ${states().join(',')}`);
       assert.equal(await tcpTry(rig.cli, rig.srvV4, PORT), 'ok');
       assert.equal(await tcpTry(rig.cli, rig.srvV6, PORT), 'ok');
       assert.ok(unfenced('iptables', rig.srv, PORT), 'no rule in either family');
