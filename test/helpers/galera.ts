@@ -5,7 +5,7 @@ import path from 'node:path';
 import {HungDisk} from './hang';
 import {HELPER, Proc, ebsmon, reporterIn} from './proc';
 import {ROOT, Teardown, inNs, sh, waitFor} from './rig';
-import {createSwitchedNet, letServiceUsersIn} from './switch';
+import {buildAndBoot, createSwitchedNet, letServiceUsersIn} from './switch';
 
 /**
  * A three-node MariaDB Galera cluster in network namespaces, started by the
@@ -163,22 +163,7 @@ export class GaleraCluster {
     fs.mkdirSync(dir, {recursive: true});
     // mariadbd runs as mysql: as root, the rsync SST daemon it starts would write as nobody.
     letServiceUsersIn(dir);
-    const teardown = new Teardown(dir);
-    let cluster: GaleraCluster;
-    try {
-      cluster = await GaleraCluster.build(dir, teardown, tag, diskMb);
-    } catch (error) {
-      teardown.dispose();
-      throw error;
-    }
-    try {
-      await cluster.boot();
-    } catch (error) {
-      const logs = cluster.logTail();
-      await cluster.stop();
-      throw new Error(`${(error as Error).message}\n${logs}`);
-    }
-    return cluster;
+    return buildAndBoot(dir, teardown => GaleraCluster.build(dir, teardown, tag, diskMb), cluster => cluster.boot());
   }
 
   private static async build(dir: string, teardown: Teardown, tag: string, diskMb: number): Promise<GaleraCluster> {

@@ -6,7 +6,7 @@ import type {ReporterSnapshot} from '../../src/state';
 import {HungDisk} from './hang';
 import {HELPER, Proc, ebsmon, ebsmonOnce, reporterIn} from './proc';
 import {ROOT, Teardown, inNs, sh, waitFor} from './rig';
-import {createSwitchedNet, letServiceUsersIn} from './switch';
+import {buildAndBoot, createSwitchedNet, letServiceUsersIn} from './switch';
 
 /**
  * A Patroni + etcd + PostgreSQL 15 cluster in network namespaces, started by
@@ -210,22 +210,7 @@ export class PatroniCluster {
     fs.mkdirSync(dir, {recursive: true});
     // Patroni and PostgreSQL run as postgres.
     letServiceUsersIn(dir);
-    const teardown = new Teardown(dir);
-    let cluster: PatroniCluster;
-    try {
-      cluster = await PatroniCluster.build(dir, teardown, tag, patroni, diskMb);
-    } catch (error) {
-      teardown.dispose();
-      throw error;
-    }
-    try {
-      await cluster.boot();
-    } catch (error) {
-      const logs = cluster.logTail();
-      await cluster.stop();
-      throw new Error(`${(error as Error).message}\n${logs}`);
-    }
-    return cluster;
+    return buildAndBoot(dir, teardown => PatroniCluster.build(dir, teardown, tag, patroni, diskMb), cluster => cluster.boot());
   }
 
   /** The namespaces, the disks and etcd's tmpfs. */

@@ -42,3 +42,27 @@ export function letServiceUsersIn(dir: string): void {
   }
   fs.chmodSync(dir, 0o755);
 }
+
+/**
+ * A cluster built and booted, or nothing left behind: a build that fails
+ * disposes of what it made; a boot that fails stops the cluster and says
+ * the error with the last lines of its logs.
+ */
+export async function buildAndBoot<C extends {logTail(): string, stop(): Promise<void>}>(dir: string, build: (teardown: Teardown) => Promise<C>, boot: (cluster: C) => Promise<void>): Promise<C> {
+  const teardown = new Teardown(dir);
+  let cluster: C;
+  try {
+    cluster = await build(teardown);
+  } catch (error) {
+    teardown.dispose();
+    throw error;
+  }
+  try {
+    await boot(cluster);
+  } catch (error) {
+    const logs = cluster.logTail();
+    await cluster.stop();
+    throw new Error(`${(error as Error).message}\n${logs}`);
+  }
+  return cluster;
+}
